@@ -1,0 +1,739 @@
+//! The embedded SQLite backend of the metadata store (the default: no server to run).
+//!
+//! One file in WAL mode, with two pools: a read pool (several read-only connections, which
+//! WAL lets run alongside the writer) and a write pool of exactly one connection. Every
+//! mutation runs in a `BEGIN IMMEDIATE` transaction on that connection, so writers are
+//! serialised inside the process and never meet `SQLITE_BUSY`; the busy timeout covers other
+//! processes (an operator's `sqlite3` shell, a backup). `synchronous = FULL`: a budget debit
+//! that was acknowledged must survive a power cut, or spent privacy would be refunded.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
+};
+use sqlx::{Row as _, query, query_as};
+use veil_crypto::AuditKey;
+use veil_store::rows::{self, sql_amount, sql_seq};
+use veil_store::*;
+use veil_types::UserId;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+pub struct SqliteStore {
+    read: SqlitePool,
+    write: SqlitePool,
+    key: AuditKey,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+fn backend(e: sqlx::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn is_unique(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+fn is_foreign_key(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_foreign_key_violation())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path` and applies migrations.
+    pub async fn open(path: &Path, key: AuditKey) -> Result<Self> {
+        let base = SqliteConnectOptions::new()
+            .filename(path)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_with(base.clone().create_if_missing(true))
+            .await
+            .map_err(backend)?;
+        MIGRATOR
+            .run(&write)
+            .await
+            .map_err(|e| StoreError::Backend(format!("migrations: {e}")))?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(base.read_only(true))
+            .await
+            .map_err(backend)?;
+        Ok(Self { read, write, key })
+    }
+
+    /// Opens from a `sqlite://path` URL (as given to `--database-url`).
+    pub async fn open_url(url: &str, key: AuditKey) -> Result<Self> {
+        let opts = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Backend(format!("invalid SQLite URL: {e}")))?;
+        Self::open(opts.get_filename(), key).await
+    }
+
+    /// Closes both pools, checkpointing the WAL into the main file.
+    pub async fn close(&self) {
+        self.read.close().await;
+        self.write.close().await;
+    }
+
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        self.write
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend)
+    }
+
+    async fn append_in(
+        &self,
+        tx: &mut SqliteConnection,
+        new: &NewAuditEntry,
+    ) -> Result<AuditEntry> {
+        let head = query_as::<_, rows::AuditHeadRow>(
+            "SELECT seq, hash, seal FROM audit_head WHERE id = 1",
+        )
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?
+        .map(rows::audit_head)
+        .transpose()?;
+        let (entry, head) = audit::seal_next(&self.key, head.as_ref(), new, now_micros())?;
+        query(
+            "INSERT INTO audit_log (seq, at, actor, action, target, outcome, details, prev_hash, hash, seal)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(sql_seq(entry.seq))
+        .bind(entry.at)
+        .bind(&entry.actor)
+        .bind(&entry.action)
+        .bind(&entry.target)
+        .bind(&entry.outcome)
+        .bind(&entry.details)
+        .bind(&entry.prev_hash)
+        .bind(&entry.hash)
+        .bind(&entry.seal)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        query(
+            "INSERT INTO audit_head (id, seq, hash, seal) VALUES (1, ?, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, seal = excluded.seal",
+        )
+        .bind(sql_seq(head.seq))
+        .bind(&head.hash)
+        .bind(&head.seal)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        Ok(entry)
+    }
+
+    async fn user_in(tx: &mut SqliteConnection, id: UserId) -> Result<Option<User>> {
+        query_as::<_, rows::UserRow>(concat!(
+            "SELECT ",
+            veil_store::user_columns!(),
+            " FROM users WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)
+        .map(|r| r.map(rows::user))
+    }
+
+    /// Charges one budget row if the cost fits; reports why not otherwise.
+    async fn charge(
+        tx: &mut SqliteConnection,
+        debit: &DebitRequest,
+        dataset: Option<&str>,
+        now: Timestamp,
+    ) -> Result<Option<Budget>, ChargeRefused> {
+        let charged = query_as::<_, rows::BudgetRow>(concat!(
+            "UPDATE budgets SET epsilon_spent = epsilon_spent + ?1, delta_spent = delta_spent + ?2, updated_at = ?3
+             WHERE user_id = ?4 AND scope = ?5
+               AND epsilon_spent + ?1 <= epsilon_cap AND delta_spent + ?2 <= delta_cap
+             RETURNING ",
+            veil_store::budget_columns!()
+        ))
+        .bind(sql_amount(debit.epsilon.units()))
+        .bind(sql_amount(debit.delta.units()))
+        .bind(now)
+        .bind(debit.user_id)
+        .bind(rows::scope(dataset))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| ChargeRefused::Store(backend(e)))?;
+        if let Some(row) = charged {
+            return rows::budget(row).map(Some).map_err(ChargeRefused::Store);
+        }
+        let current = query_as::<_, rows::BudgetRow>(concat!(
+            "SELECT ",
+            veil_store::budget_columns!(),
+            " FROM budgets WHERE user_id = ? AND scope = ?"
+        ))
+        .bind(debit.user_id)
+        .bind(rows::scope(dataset))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| ChargeRefused::Store(backend(e)))?;
+        match current {
+            None => Ok(None),
+            Some(row) => {
+                let b = rows::budget(row).map_err(ChargeRefused::Store)?;
+                Err(ChargeRefused::Exhausted(BudgetRefusal {
+                    dataset: b.dataset.clone(),
+                    epsilon_remaining: b.epsilon_remaining(),
+                    delta_remaining: b.delta_remaining(),
+                }))
+            }
+        }
+    }
+}
+
+enum ChargeRefused {
+    Exhausted(BudgetRefusal),
+    Store(StoreError),
+}
+
+impl From<ChargeRefused> for StoreError {
+    fn from(c: ChargeRefused) -> Self {
+        match c {
+            ChargeRefused::Exhausted(r) => StoreError::BudgetExhausted(r),
+            ChargeRefused::Store(e) => e,
+        }
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend_name(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn sync_preset_roles(&self, roles: &[NewRole]) -> Result<()> {
+        let mut tx = self.begin().await?;
+        for r in roles {
+            query(
+                "INSERT INTO roles (name, description, permissions, preset, created_at) VALUES (?, ?, ?, 1, ?)
+                 ON CONFLICT (name) DO UPDATE SET description = excluded.description,
+                     permissions = excluded.permissions, preset = 1",
+            )
+            .bind(&r.name)
+            .bind(&r.description)
+            .bind(rows::permissions_text(&r.permissions))
+            .bind(now_micros())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn create_role(&self, role: &NewRole, audit: NewAuditEntry) -> Result<Role> {
+        let mut tx = self.begin().await?;
+        let row = query_as::<_, rows::RoleRow>(concat!(
+            "INSERT INTO roles (name, description, permissions, preset, created_at) VALUES (?, ?, ?, 0, ?) RETURNING ",
+            veil_store::role_columns!()
+        ))
+        .bind(&role.name)
+        .bind(&role.description)
+        .bind(rows::permissions_text(&role.permissions))
+        .bind(now_micros())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| {
+            if is_unique(&e) {
+                StoreError::Conflict { what: "role" }
+            } else {
+                backend(e)
+            }
+        })?;
+        self.append_in(&mut tx, &audit).await?;
+        tx.commit().await.map_err(backend)?;
+        rows::role(row)
+    }
+
+    async fn get_role(&self, name: &str) -> Result<Option<Role>> {
+        query_as::<_, rows::RoleRow>(concat!(
+            "SELECT ",
+            veil_store::role_columns!(),
+            " FROM roles WHERE name = ?"
+        ))
+        .bind(name)
+        .fetch_optional(&self.read)
+        .await
+        .map_err(backend)?
+        .map(rows::role)
+        .transpose()
+    }
+
+    async fn list_roles(&self) -> Result<Vec<Role>> {
+        query_as::<_, rows::RoleRow>(concat!(
+            "SELECT ",
+            veil_store::role_columns!(),
+            " FROM roles ORDER BY preset DESC, created_at, name"
+        ))
+        .fetch_all(&self.read)
+        .await
+        .map_err(backend)?
+        .into_iter()
+        .map(rows::role)
+        .collect()
+    }
+
+    async fn delete_role(&self, name: &str, audit: NewAuditEntry) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let holders: i64 = query("SELECT COUNT(*) FROM users WHERE role = ?")
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(backend)?
+            .try_get(0)
+            .map_err(backend)?;
+        if holders > 0 {
+            return Err(StoreError::InUse { what: "role" });
+        }
+        let deleted = query("DELETE FROM roles WHERE name = ? AND preset = 0")
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if deleted.rows_affected() == 0 {
+            return Err(StoreError::NotFound { what: "role" });
+        }
+        self.append_in(&mut tx, &audit).await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn create_user(&self, user: &NewUser, audit: NewAuditEntry) -> Result<User> {
+        let mut tx = self.begin().await?;
+        let now = now_micros();
+        let row = query_as::<_, rows::UserRow>(concat!(
+            "INSERT INTO users (email, role, password_hash, must_change_password, disabled, created_at, updated_at)
+             VALUES (?, ?, ?, ?, 0, ?, ?) RETURNING ",
+            veil_store::user_columns!()
+        ))
+        .bind(&user.email)
+        .bind(&user.role)
+        .bind(&user.password_hash)
+        .bind(user.must_change_password)
+        .bind(now)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| {
+            if is_unique(&e) {
+                StoreError::Conflict { what: "user" }
+            } else if is_foreign_key(&e) {
+                StoreError::NotFound { what: "role" }
+            } else {
+                backend(e)
+            }
+        })?;
+        self.append_in(&mut tx, &audit).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(rows::user(row))
+    }
+
+    async fn get_user(&self, id: UserId) -> Result<Option<User>> {
+        let mut conn = self.read.acquire().await.map_err(backend)?;
+        Self::user_in(&mut conn, id).await
+    }
+
+    async fn get_user_by_email(&self, email: &str) -> Result<Option<User>> {
+        query_as::<_, rows::UserRow>(concat!(
+            "SELECT ",
+            veil_store::user_columns!(),
+            " FROM users WHERE email = ?"
+        ))
+        .bind(email)
+        .fetch_optional(&self.read)
+        .await
+        .map_err(backend)
+        .map(|r| r.map(rows::user))
+    }
+
+    async fn list_users(&self) -> Result<Vec<User>> {
+        Ok(query_as::<_, rows::UserRow>(concat!(
+            "SELECT ",
+            veil_store::user_columns!(),
+            " FROM users ORDER BY email"
+        ))
+        .fetch_all(&self.read)
+        .await
+        .map_err(backend)?
+        .into_iter()
+        .map(rows::user)
+        .collect())
+    }
+
+    async fn get_password_hash(&self, id: UserId) -> Result<Option<String>> {
+        query_as::<_, (String,)>("SELECT password_hash FROM users WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.read)
+            .await
+            .map_err(backend)
+            .map(|r| r.map(|(h,)| h))
+    }
+
+    async fn update_user(
+        &self,
+        id: UserId,
+        update: &UserUpdate,
+        audit: NewAuditEntry,
+    ) -> Result<User> {
+        let mut tx = self.begin().await?;
+        let now = now_micros();
+        let changed = query(
+            "UPDATE users SET role = COALESCE(?, role), disabled = COALESCE(?, disabled), updated_at = ?
+             WHERE id = ?",
+        )
+        .bind(update.role.as_deref())
+        .bind(update.disabled)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| {
+            if is_foreign_key(&e) {
+                StoreError::NotFound { what: "role" }
+            } else {
+                backend(e)
+            }
+        })?;
+        if changed.rows_affected() == 0 {
+            return Err(StoreError::NotFound { what: "user" });
+        }
+        if update.disabled == Some(true) {
+            query("UPDATE tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL")
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?;
+        }
+        let user = Self::user_in(&mut tx, id)
+            .await?
+            .ok_or(StoreError::NotFound { what: "user" })?;
+        self.append_in(&mut tx, &audit).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(user)
+    }
+
+    async fn set_password(
+        &self,
+        id: UserId,
+        change: &PasswordChange,
+        audit: NewAuditEntry,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let now = now_micros();
+        let changed = query(
+            "UPDATE users SET password_hash = ?, must_change_password = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(&change.password_hash)
+        .bind(change.must_change_password)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if changed.rows_affected() == 0 {
+            return Err(StoreError::NotFound { what: "user" });
+        }
+        query(
+            "UPDATE tokens SET revoked_at = ?
+             WHERE user_id = ? AND kind = 'session' AND revoked_at IS NULL AND id IS NOT ?",
+        )
+        .bind(now)
+        .bind(id)
+        .bind(change.keep_token.as_deref())
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        self.append_in(&mut tx, &audit).await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn count_enabled_users_with_role(&self, role: &str) -> Result<u64> {
+        let n: i64 = query("SELECT COUNT(*) FROM users WHERE role = ? AND disabled = 0")
+            .bind(role)
+            .fetch_one(&self.read)
+            .await
+            .map_err(backend)?
+            .try_get(0)
+            .map_err(backend)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn create_token(&self, token: &NewToken, audit: NewAuditEntry) -> Result<TokenRecord> {
+        let mut tx = self.begin().await?;
+        let row = query_as::<_, rows::TokenRow>(concat!(
+            "INSERT INTO tokens (id, user_id, kind, name, secret_hash, created_at, expires_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING ",
+            veil_store::token_columns!()
+        ))
+        .bind(&token.id)
+        .bind(token.user_id)
+        .bind(token.kind.as_str())
+        .bind(token.name.as_deref())
+        .bind(token.secret_hash.as_slice())
+        .bind(now_micros())
+        .bind(token.expires_at)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| {
+            if is_unique(&e) {
+                StoreError::Conflict { what: "token" }
+            } else if is_foreign_key(&e) {
+                StoreError::NotFound { what: "user" }
+            } else {
+                backend(e)
+            }
+        })?;
+        self.append_in(&mut tx, &audit).await?;
+        tx.commit().await.map_err(backend)?;
+        rows::token(row)
+    }
+
+    async fn get_token_principal(&self, token_id: &str) -> Result<Option<TokenPrincipal>> {
+        type Joined = (
+            String,
+            i64,
+            String,
+            Option<String>,
+            Vec<u8>,
+            i64,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            String,
+            String,
+            bool,
+            bool,
+            i64,
+            i64,
+            String,
+        );
+        let row = query_as::<_, Joined>(
+            "SELECT t.id, t.user_id, t.kind, t.name, t.secret_hash, t.created_at, t.expires_at,
+                    t.revoked_at, t.last_used_at,
+                    u.email, u.role, u.disabled, u.must_change_password, u.created_at, u.updated_at,
+                    r.permissions
+             FROM tokens t JOIN users u ON u.id = t.user_id JOIN roles r ON r.name = u.role
+             WHERE t.id = ?",
+        )
+        .bind(token_id)
+        .fetch_optional(&self.read)
+        .await
+        .map_err(backend)?;
+        let Some(r) = row else { return Ok(None) };
+        let token = rows::token((r.0, r.1, r.2, r.3, r.4, r.5, r.6, r.7, r.8))?;
+        let user = rows::user((r.1, r.9, r.10, r.11, r.12, r.13, r.14));
+        Ok(Some(TokenPrincipal {
+            token,
+            user,
+            permissions: rows::permissions(&r.15)?,
+        }))
+    }
+
+    async fn list_tokens(&self, user_id: UserId) -> Result<Vec<TokenRecord>> {
+        query_as::<_, rows::TokenRow>(concat!(
+            "SELECT ",
+            veil_store::token_columns!(),
+            " FROM tokens WHERE user_id = ? ORDER BY created_at, id"
+        ))
+        .bind(user_id)
+        .fetch_all(&self.read)
+        .await
+        .map_err(backend)?
+        .into_iter()
+        .map(rows::token)
+        .collect()
+    }
+
+    async fn revoke_token(
+        &self,
+        user_id: UserId,
+        token_id: &str,
+        audit: NewAuditEntry,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let done = query(
+            "UPDATE tokens SET revoked_at = ? WHERE id = ? AND user_id = ? AND revoked_at IS NULL",
+        )
+        .bind(now_micros())
+        .bind(token_id)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound { what: "token" });
+        }
+        self.append_in(&mut tx, &audit).await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn touch_token(&self, token_id: &str, at: Timestamp) -> Result<()> {
+        query("UPDATE tokens SET last_used_at = ? WHERE id = ?")
+            .bind(at)
+            .bind(token_id)
+            .execute(&self.write)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn set_budget(&self, cap: &BudgetCap, audit: NewAuditEntry) -> Result<Budget> {
+        let mut tx = self.begin().await?;
+        let row = query_as::<_, rows::BudgetRow>(concat!(
+            "INSERT INTO budgets (user_id, scope, epsilon_cap, delta_cap, epsilon_spent, delta_spent, updated_at)
+             VALUES (?, ?, ?, ?, 0, 0, ?)
+             ON CONFLICT (user_id, scope) DO UPDATE SET epsilon_cap = excluded.epsilon_cap,
+                 delta_cap = excluded.delta_cap, updated_at = excluded.updated_at
+             RETURNING ",
+            veil_store::budget_columns!()
+        ))
+        .bind(cap.user_id)
+        .bind(rows::scope(cap.dataset.as_deref()))
+        .bind(sql_amount(cap.epsilon.units()))
+        .bind(sql_amount(cap.delta.units()))
+        .bind(now_micros())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| {
+            if is_foreign_key(&e) {
+                StoreError::NotFound { what: "user" }
+            } else {
+                backend(e)
+            }
+        })?;
+        self.append_in(&mut tx, &audit).await?;
+        tx.commit().await.map_err(backend)?;
+        rows::budget(row)
+    }
+
+    async fn list_budgets(&self, user_id: UserId) -> Result<Vec<Budget>> {
+        query_as::<_, rows::BudgetRow>(concat!(
+            "SELECT ",
+            veil_store::budget_columns!(),
+            " FROM budgets WHERE user_id = ? ORDER BY scope"
+        ))
+        .bind(user_id)
+        .fetch_all(&self.read)
+        .await
+        .map_err(backend)?
+        .into_iter()
+        .map(rows::budget)
+        .collect()
+    }
+
+    async fn debit_budget(
+        &self,
+        debit: &DebitRequest,
+        audit: NewAuditEntry,
+    ) -> Result<DebitReceipt> {
+        let mut tx = self.begin().await?;
+        let now = now_micros();
+        // Any early return drops `tx`, which rolls back whatever was charged so far.
+        let overall = Self::charge(&mut tx, debit, None, now)
+            .await?
+            .ok_or(StoreError::NoBudget)?;
+        let mut budgets = vec![overall];
+        if let Some(ds) = debit.dataset.as_deref()
+            && let Some(b) = Self::charge(&mut tx, debit, Some(ds), now).await?
+        {
+            budgets.push(b);
+        }
+        let entry = self.append_in(&mut tx, &audit).await?;
+        let ledger_id: i64 = query(
+            "INSERT INTO budget_ledger (user_id, dataset, epsilon, delta, purpose, reference, audit_seq, at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(debit.user_id)
+        .bind(debit.dataset.as_deref())
+        .bind(sql_amount(debit.epsilon.units()))
+        .bind(sql_amount(debit.delta.units()))
+        .bind(&debit.purpose)
+        .bind(&debit.reference)
+        .bind(sql_seq(entry.seq))
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(backend)?
+        .try_get(0)
+        .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(DebitReceipt {
+            ledger_id,
+            audit_seq: entry.seq,
+            epsilon: debit.epsilon,
+            delta: debit.delta,
+            budgets,
+        })
+    }
+
+    async fn list_ledger(&self, user_id: UserId, limit: u32) -> Result<Vec<LedgerEntry>> {
+        query_as::<_, rows::LedgerRow>(concat!(
+            "SELECT ",
+            veil_store::ledger_columns!(),
+            " FROM budget_ledger WHERE user_id = ? ORDER BY id DESC LIMIT ?"
+        ))
+        .bind(user_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await
+        .map_err(backend)?
+        .into_iter()
+        .map(rows::ledger)
+        .collect()
+    }
+
+    async fn append_audit(&self, entry: NewAuditEntry) -> Result<AuditEntry> {
+        let mut tx = self.begin().await?;
+        let e = self.append_in(&mut tx, &entry).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(e)
+    }
+
+    async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
+        query_as::<_, rows::AuditRow>(concat!(
+            "SELECT ",
+            veil_store::audit_columns!(),
+            " FROM audit_log WHERE seq > ?1 AND (?2 IS NULL OR actor = ?2)
+               AND (?3 IS NULL OR substr(action, 1, length(?3)) = ?3)
+             ORDER BY seq LIMIT ?4"
+        ))
+        .bind(sql_seq(filter.after_seq))
+        .bind(filter.actor.as_deref())
+        .bind(filter.action_prefix.as_deref())
+        .bind(i64::from(filter.limit))
+        .fetch_all(&self.read)
+        .await
+        .map_err(backend)?
+        .into_iter()
+        .map(rows::audit)
+        .collect()
+    }
+
+    async fn audit_head(&self) -> Result<Option<AuditHead>> {
+        query_as::<_, rows::AuditHeadRow>("SELECT seq, hash, seal FROM audit_head WHERE id = 1")
+            .fetch_optional(&self.read)
+            .await
+            .map_err(backend)?
+            .map(rows::audit_head)
+            .transpose()
+    }
+}

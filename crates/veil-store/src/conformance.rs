@@ -1,0 +1,879 @@
+//! The conformance suite: behaviour every [`Store`] backend must show.
+//!
+//! Each backend crate instantiates the whole suite with [`conformance_tests!`], giving it a
+//! function that returns a fresh, empty, migrated store wrapped in a [`Fixture`] (which owns
+//! whatever must be cleaned up: a temp dir, a scratch database).
+//!
+//! [`conformance_tests!`]: crate::conformance_tests
+
+use std::sync::Arc;
+
+use serde_json::json;
+use veil_crypto::{AuditKey, MasterKey};
+use veil_types::{Delta, Epsilon, Permission, PermissionSet, PresetRole};
+
+use crate::audit::ChainVerifier;
+use crate::*;
+
+/// A fresh store plus whatever keeps it alive and cleans it up when dropped.
+pub trait Fixture: Send + Sync {
+    fn store(&self) -> Arc<dyn Store>;
+    /// The key the store seals audit entries with.
+    fn audit_key(&self) -> &AuditKey;
+}
+
+/// A master key for test fixtures (a fresh random one each time).
+pub fn test_master_key() -> MasterKey {
+    MasterKey::generate()
+}
+
+/// Expands to one `#[tokio::test]` per conformance check, each on a fresh fixture built by
+/// `$make`: an async expression returning `Option<impl Fixture>`, `None` when the backend is
+/// not available here (the backend's harness decides whether that is allowed).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::conformance_tests!(@each $make;
+            preset_roles_sync_idempotently,
+            custom_roles_round_trip,
+            users_round_trip,
+            duplicate_email_is_a_conflict_and_writes_no_audit,
+            unknown_role_is_not_found,
+            disabling_a_user_revokes_their_tokens,
+            tokens_authenticate_list_and_revoke,
+            password_change_keeps_only_the_current_session,
+            budgets_set_and_update_caps,
+            debit_refuses_without_budget,
+            debit_charges_and_refuses_past_the_cap,
+            dataset_budget_is_an_extra_cap,
+            concurrent_debits_never_overspend,
+            every_mutation_extends_a_valid_chain,
+            concurrent_appends_keep_one_linear_chain,
+            audit_filters,
+        );
+    };
+    (@each $make:expr; $($name:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() {
+                let Some(fixture) = $make.await else { return };
+                $crate::conformance::$name(&fixture).await;
+            }
+        )+
+    };
+}
+
+fn audit(action: &str) -> NewAuditEntry {
+    NewAuditEntry::new("tester@veil.test", action, "test")
+}
+
+fn presets() -> Vec<NewRole> {
+    PresetRole::ALL
+        .iter()
+        .map(|r| NewRole {
+            name: r.name().to_string(),
+            description: r.description().to_string(),
+            permissions: r.permissions(),
+        })
+        .collect()
+}
+
+async fn seeded(f: &dyn Fixture) -> Arc<dyn Store> {
+    let store = f.store();
+    store.sync_preset_roles(&presets()).await.expect("presets");
+    store
+}
+
+async fn user(store: &dyn Store, email: &str, role: &str) -> User {
+    store
+        .create_user(
+            &NewUser {
+                email: email.into(),
+                role: role.into(),
+                password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo".into(),
+                must_change_password: true,
+            },
+            audit("user.create"),
+        )
+        .await
+        .expect("create user")
+}
+
+fn token(id: &str, user_id: UserId, kind: TokenKind, expires_at: Option<Timestamp>) -> NewToken {
+    NewToken {
+        id: id.into(),
+        user_id,
+        kind,
+        name: (kind == TokenKind::Api).then(|| format!("name-{id}")),
+        secret_hash: [7u8; 32],
+        expires_at,
+    }
+}
+
+fn eps(x: f64) -> Epsilon {
+    Epsilon::cost_from_f64(x).expect("valid ε")
+}
+
+fn delta(x: f64) -> Delta {
+    Delta::cost_from_f64(x).expect("valid δ")
+}
+
+async fn all_audit(store: &dyn Store) -> Vec<AuditEntry> {
+    let mut out = Vec::new();
+    loop {
+        let page = store
+            .list_audit(&AuditFilter {
+                after_seq: out.last().map_or(0, |e: &AuditEntry| e.seq),
+                limit: 50,
+                ..AuditFilter::default()
+            })
+            .await
+            .expect("list audit");
+        if page.is_empty() {
+            return out;
+        }
+        out.extend(page);
+    }
+}
+
+async fn assert_chain_valid(f: &dyn Fixture) -> u64 {
+    let store = f.store();
+    let entries = all_audit(store.as_ref()).await;
+    let mut v = ChainVerifier::new(f.audit_key());
+    for e in &entries {
+        v.push(e).expect("chain link valid");
+    }
+    let head = store.audit_head().await.expect("head");
+    v.finish(head.as_ref()).expect("head valid")
+}
+
+pub async fn preset_roles_sync_idempotently(f: &dyn Fixture) {
+    let store = seeded(f).await;
+    store
+        .sync_preset_roles(&presets())
+        .await
+        .expect("second sync");
+    let roles = store.list_roles().await.expect("list");
+    assert_eq!(roles.len(), PresetRole::ALL.len());
+    assert!(roles.iter().all(|r| r.preset));
+    let owner = store.get_role("owner").await.expect("get").expect("exists");
+    assert_eq!(owner.permissions, PermissionSet::all());
+
+    // A changed preset definition (as after an upgrade) replaces the stored one.
+    let mut changed = presets();
+    changed[6].permissions = [Permission::DatasetsReadMetadata, Permission::ModelsRead]
+        .into_iter()
+        .collect();
+    store
+        .sync_preset_roles(&changed)
+        .await
+        .expect("sync changed");
+    let guest = store.get_role("guest").await.expect("get").expect("exists");
+    assert!(guest.permissions.contains(Permission::ModelsRead));
+}
+
+pub async fn custom_roles_round_trip(f: &dyn Fixture) {
+    let store = seeded(f).await;
+    let perms = PermissionSet::parse_list("audit:read,datasets:read-metadata").expect("valid");
+    let role = store
+        .create_role(
+            &NewRole {
+                name: "auditor".into(),
+                description: "reads the log".into(),
+                permissions: perms.clone(),
+            },
+            audit("role.create"),
+        )
+        .await
+        .expect("create");
+    assert_eq!(role.permissions, perms);
+    assert!(!role.preset);
+    let again = store
+        .create_role(
+            &NewRole {
+                name: "auditor".into(),
+                description: String::new(),
+                permissions: PermissionSet::empty(),
+            },
+            audit("role.create"),
+        )
+        .await;
+    assert!(
+        matches!(again, Err(StoreError::Conflict { .. })),
+        "{again:?}"
+    );
+    assert_eq!(store.get_role("auditor").await.expect("get"), Some(role));
+
+    let holder = user(store.as_ref(), "aud@lab.org", "auditor").await;
+    let in_use = store.delete_role("auditor", audit("role.delete")).await;
+    assert!(
+        matches!(in_use, Err(StoreError::InUse { .. })),
+        "{in_use:?}"
+    );
+    store
+        .update_user(
+            holder.id,
+            &UserUpdate {
+                role: Some("guest".into()),
+                disabled: None,
+            },
+            audit("user.update"),
+        )
+        .await
+        .expect("move user");
+    store
+        .delete_role("auditor", audit("role.delete"))
+        .await
+        .expect("delete once unused");
+    assert_eq!(store.get_role("auditor").await.expect("get"), None);
+    let missing = store.delete_role("auditor", audit("role.delete")).await;
+    assert!(
+        matches!(missing, Err(StoreError::NotFound { .. })),
+        "{missing:?}"
+    );
+}
+
+pub async fn users_round_trip(f: &dyn Fixture) {
+    let store = seeded(f).await;
+    let ana = user(store.as_ref(), "ana@lab.org", "data-scientist").await;
+    assert!(ana.id > 0);
+    assert!(ana.must_change_password);
+    assert!(!ana.disabled);
+    assert_eq!(
+        store.get_user(ana.id).await.expect("get"),
+        Some(ana.clone())
+    );
+    assert_eq!(
+        store.get_user_by_email("ana@lab.org").await.expect("get"),
+        Some(ana.clone())
+    );
+    assert_eq!(
+        store
+            .get_user_by_email("nobody@lab.org")
+            .await
+            .expect("get"),
+        None
+    );
+    assert!(
+        store
+            .get_password_hash(ana.id)
+            .await
+            .expect("hash")
+            .is_some()
+    );
+
+    let bo = user(store.as_ref(), "bo@lab.org", "guest").await;
+    let emails: Vec<String> = store
+        .list_users()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|u| u.email)
+        .collect();
+    assert_eq!(emails, ["ana@lab.org", "bo@lab.org"]);
+
+    let updated = store
+        .update_user(
+            bo.id,
+            &UserUpdate {
+                role: Some("administrator".into()),
+                disabled: None,
+            },
+            audit("user.update"),
+        )
+        .await
+        .expect("update");
+    assert_eq!(updated.role, "administrator");
+    assert_eq!(
+        store
+            .count_enabled_users_with_role("administrator")
+            .await
+            .expect("count"),
+        1
+    );
+    let missing = store
+        .update_user(9_999, &UserUpdate::default(), audit("user.update"))
+        .await;
+    assert!(
+        matches!(missing, Err(StoreError::NotFound { .. })),
+        "{missing:?}"
+    );
+}
+
+pub async fn duplicate_email_is_a_conflict_and_writes_no_audit(f: &dyn Fixture) {
+    let store = seeded(f).await;
+    user(store.as_ref(), "ana@lab.org", "guest").await;
+    let before = all_audit(store.as_ref()).await.len();
+    let dup = store
+        .create_user(
+            &NewUser {
+                email: "ana@lab.org".into(),
+                role: "guest".into(),
+                password_hash: "x".into(),
+                must_change_password: false,
+            },
+            audit("user.create"),
+        )
+        .await;
+    assert!(matches!(dup, Err(StoreError::Conflict { .. })), "{dup:?}");
+    assert_eq!(
+        all_audit(store.as_ref()).await.len(),
+        before,
+        "no audit for a failed change"
+    );
+}
+
+pub async fn unknown_role_is_not_found(f: &dyn Fixture) {
+    let store = seeded(f).await;
+    let res = store
+        .create_user(
+            &NewUser {
+                email: "ana@lab.org".into(),
+                role: "wizard".into(),
+                password_hash: "x".into(),
+                must_change_password: false,
+            },
+            audit("user.create"),
+        )
+        .await;
+    assert!(
+        matches!(res, Err(StoreError::NotFound { what: "role" })),
+        "{res:?}"
+    );
+}
+
+pub async fn disabling_a_user_revokes_their_tokens(f: &dyn Fixture) {
+    let store = seeded(f).await;
+    let ana = user(store.as_ref(), "ana@lab.org", "guest").await;
+    for id in ["aaaaaaaaaaa1", "aaaaaaaaaaa2"] {
+        store
+            .create_token(
+                &token(id, ana.id, TokenKind::Api, None),
+                audit("token.create"),
+            )
+            .await
+            .expect("token");
+    }
+    let disabled = store
+        .update_user(
+            ana.id,
+            &UserUpdate {
+                role: None,
+                disabled: Some(true),
+            },
+            audit("user.disable"),
+        )
+        .await
+        .expect("disable");
+    assert!(disabled.disabled);
+    let tokens = store.list_tokens(ana.id).await.expect("list");
+    assert_eq!(tokens.len(), 2);
+    assert!(tokens.iter().all(|t| t.revoked_at.is_some()), "{tokens:?}");
+}
+
+pub async fn tokens_authenticate_list_and_revoke(f: &dyn Fixture) {
+    let store = seeded(f).await;
+    let ana = user(store.as_ref(), "ana@lab.org", "data-scientist").await;
+    let bo = user(store.as_ref(), "bo@lab.org", "guest").await;
+    let created = store
+        .create_token(
+            &token("0123456789ab", ana.id, TokenKind::Api, Some(i64::MAX)),
+            audit("token.create"),
+        )
+        .await
+        .expect("create");
+    assert_eq!(created.secret_hash, vec![7u8; 32]);
+    let dup = store
+        .create_token(
+            &token("0123456789ab", bo.id, TokenKind::Session, None),
+            audit("x"),
+        )
+        .await;
+    assert!(matches!(dup, Err(StoreError::Conflict { .. })), "{dup:?}");
+
+    let p = store
+        .get_token_principal("0123456789ab")
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(p.user, ana);
+    assert_eq!(p.permissions, PresetRole::DataScientist.permissions());
+    assert_eq!(p.token, created);
+    assert_eq!(
+        store
+            .get_token_principal("ffffffffffff")
+            .await
+            .expect("get"),
+        None
+    );
+
+    store.touch_token("0123456789ab", 42).await.expect("touch");
+    let listed = store.list_tokens(ana.id).await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].last_used_at, Some(42));
+
+    // Someone else's token cannot be revoked through your account.
+    let not_theirs = store
+        .revoke_token(bo.id, "0123456789ab", audit("token.revoke"))
+        .await;
+    assert!(
+        matches!(not_theirs, Err(StoreError::NotFound { .. })),
+        "{not_theirs:?}"
+    );
+    store
+        .revoke_token(ana.id, "0123456789ab", audit("token.revoke"))
+        .await
+        .expect("revoke");
+    let p = store
+        .get_token_principal("0123456789ab")
+        .await
+        .expect("get")
+        .expect("still stored");
+    assert!(p.token.revoked_at.is_some());
+    let twice = store
+        .revoke_token(ana.id, "0123456789ab", audit("token.revoke"))
+        .await;
+    assert!(
+        matches!(twice, Err(StoreError::NotFound { .. })),
+        "{twice:?}"
+    );
+}
+
+pub async fn password_change_keeps_only_the_current_session(f: &dyn Fixture) {
+    let store = seeded(f).await;
+    let ana = user(store.as_ref(), "ana@lab.org", "guest").await;
+    for id in ["aaaaaaaaaaa1", "aaaaaaaaaaa2", "aaaaaaaaaaa3"] {
+        store
+            .create_token(
+                &token(id, ana.id, TokenKind::Session, None),
+                audit("auth.login"),
+            )
+            .await
+            .expect("session");
+    }
+    store
+        .set_password(
+            ana.id,
+            &PasswordChange {
+                password_hash: "$argon2id$new".into(),
+                must_change_password: false,
+                keep_token: Some("aaaaaaaaaaa2".into()),
+            },
+            audit("user.password"),
+        )
+        .await
+        .expect("set password");
+    assert_eq!(
+        store
+            .get_password_hash(ana.id)
+            .await
+            .expect("get")
+            .as_deref(),
+        Some("$argon2id$new")
+    );
+    let ana_now = store.get_user(ana.id).await.expect("get").expect("exists");
+    assert!(!ana_now.must_change_password);
+    let active: Vec<String> = store
+        .list_tokens(ana.id)
+        .await
+        .expect("list")
+        .into_iter()
+        .filter(|t| t.revoked_at.is_none())
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(active, ["aaaaaaaaaaa2"]);
+}
+
+pub async fn budgets_set_and_update_caps(f: &dyn Fixture) {
+    let store = seeded(f).await;
+    let ana = user(store.as_ref(), "ana@lab.org", "data-scientist").await;
+    let b = store
+        .set_budget(
+            &BudgetCap {
+                user_id: ana.id,
+                dataset: None,
+                epsilon: eps(3.0),
+                delta: delta(1e-6),
+            },
+            audit("budget.set"),
+        )
+        .await
+        .expect("set");
+    assert_eq!(b.epsilon_cap, eps(3.0));
+    assert_eq!(b.epsilon_spent, Epsilon::ZERO);
+    store
+        .debit_budget(
+            &DebitRequest {
+                user_id: ana.id,
+                dataset: None,
+                epsilon: eps(1.0),
+                delta: Delta::ZERO,
+                purpose: "test".into(),
+                reference: "r1".into(),
+            },
+            audit("budget.debit"),
+        )
+        .await
+        .expect("debit");
+    // Raising the cap keeps what was spent: caps change, history does not.
+    let b = store
+        .set_budget(
+            &BudgetCap {
+                user_id: ana.id,
+                dataset: None,
+                epsilon: eps(4.0),
+                delta: delta(1e-6),
+            },
+            audit("budget.set"),
+        )
+        .await
+        .expect("raise");
+    assert_eq!(b.epsilon_spent, eps(1.0));
+    assert_eq!(b.epsilon_remaining(), eps(3.0));
+    store
+        .set_budget(
+            &BudgetCap {
+                user_id: ana.id,
+                dataset: Some("patients".into()),
+                epsilon: eps(1.0),
+                delta: Delta::ZERO,
+            },
+            audit("budget.set"),
+        )
+        .await
+        .expect("dataset budget");
+    let all = store.list_budgets(ana.id).await.expect("list");
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].dataset, None, "overall budget first");
+    assert_eq!(all[1].dataset.as_deref(), Some("patients"));
+}
+
+fn debit(user_id: UserId, e: f64, d: f64, dataset: Option<&str>) -> DebitRequest {
+    DebitRequest {
+        user_id,
+        dataset: dataset.map(String::from),
+        epsilon: eps(e),
+        delta: delta(d),
+        purpose: "query".into(),
+        reference: "sha256:abc".into(),
+    }
+}
+
+async fn set(store: &dyn Store, user_id: UserId, dataset: Option<&str>, e: f64, d: f64) {
+    store
+        .set_budget(
+            &BudgetCap {
+                user_id,
+                dataset: dataset.map(String::from),
+                epsilon: Epsilon::cap_from_f64(e).expect("valid"),
+                delta: Delta::cap_from_f64(d).expect("valid"),
+            },
+            audit("budget.set"),
+        )
+        .await
+        .expect("set budget");
+}
+
+pub async fn debit_refuses_without_budget(f: &dyn Fixture) {
+    let store = seeded(f).await;
+    let ana = user(store.as_ref(), "ana@lab.org", "data-scientist").await;
+    let res = store
+        .debit_budget(&debit(ana.id, 0.1, 0.0, None), audit("budget.debit"))
+        .await;
+    assert!(matches!(res, Err(StoreError::NoBudget)), "{res:?}");
+    assert!(
+        store
+            .list_ledger(ana.id, 10)
+            .await
+            .expect("ledger")
+            .is_empty()
+    );
+}
+
+pub async fn debit_charges_and_refuses_past_the_cap(f: &dyn Fixture) {
+    let store = seeded(f).await;
+    let ana = user(store.as_ref(), "ana@lab.org", "data-scientist").await;
+    set(store.as_ref(), ana.id, None, 1.0, 1e-6).await;
+    let audit_before = all_audit(store.as_ref()).await.len();
+
+    let r = store
+        .debit_budget(&debit(ana.id, 0.6, 5e-7, None), audit("budget.debit"))
+        .await
+        .expect("first debit fits");
+    assert_eq!(r.epsilon, eps(0.6));
+    assert_eq!(r.budgets.len(), 1);
+    assert_eq!(r.budgets[0].epsilon_remaining(), eps(0.4));
+    assert_eq!(r.budgets[0].delta_remaining(), delta(5e-7));
+
+    let refused = store
+        .debit_budget(&debit(ana.id, 0.5, 0.0, None), audit("budget.debit"))
+        .await;
+    match refused {
+        Err(StoreError::BudgetExhausted(r)) => {
+            assert_eq!(r.dataset, None);
+            assert_eq!(r.epsilon_remaining, eps(0.4));
+        }
+        other => panic!("expected BudgetExhausted, got {other:?}"),
+    }
+    // δ alone can exhaust a budget too.
+    let refused = store
+        .debit_budget(&debit(ana.id, 0.1, 6e-7, None), audit("budget.debit"))
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::BudgetExhausted(_))),
+        "{refused:?}"
+    );
+
+    // Exactly the remainder fits.
+    store
+        .debit_budget(&debit(ana.id, 0.4, 5e-7, None), audit("budget.debit"))
+        .await
+        .expect("the exact remainder fits");
+
+    let ledger = store.list_ledger(ana.id, 10).await.expect("ledger");
+    assert_eq!(ledger.len(), 2, "refusals leave no ledger rows");
+    assert_eq!(ledger[0].epsilon, eps(0.4), "newest first");
+    assert_eq!(ledger[0].purpose, "query");
+    let audit_after = all_audit(store.as_ref()).await;
+    assert_eq!(
+        audit_after.len(),
+        audit_before + 2,
+        "one audit entry per successful debit"
+    );
+    assert_eq!(
+        ledger[0].audit_seq,
+        audit_after.last().map(|e| e.seq).unwrap_or(0)
+    );
+}
+
+pub async fn dataset_budget_is_an_extra_cap(f: &dyn Fixture) {
+    let store = seeded(f).await;
+    let ana = user(store.as_ref(), "ana@lab.org", "data-scientist").await;
+    set(store.as_ref(), ana.id, None, 5.0, 0.0).await;
+    set(store.as_ref(), ana.id, Some("patients"), 1.0, 0.0).await;
+
+    let r = store
+        .debit_budget(
+            &debit(ana.id, 0.8, 0.0, Some("patients")),
+            audit("budget.debit"),
+        )
+        .await
+        .expect("fits both");
+    assert_eq!(r.budgets.len(), 2);
+    let refused = store
+        .debit_budget(
+            &debit(ana.id, 0.5, 0.0, Some("patients")),
+            audit("budget.debit"),
+        )
+        .await;
+    match refused {
+        Err(StoreError::BudgetExhausted(r)) => {
+            assert_eq!(r.dataset.as_deref(), Some("patients"));
+            assert_eq!(r.epsilon_remaining, eps(0.2));
+        }
+        other => panic!("expected BudgetExhausted, got {other:?}"),
+    }
+    // The refused debit did not touch the overall budget either.
+    let overall = &store.list_budgets(ana.id).await.expect("list")[0];
+    assert_eq!(overall.epsilon_spent, eps(0.8));
+    // Another dataset without its own cap draws on the overall budget only.
+    store
+        .debit_budget(
+            &debit(ana.id, 3.0, 0.0, Some("visits")),
+            audit("budget.debit"),
+        )
+        .await
+        .expect("overall budget has room");
+}
+
+pub async fn concurrent_debits_never_overspend(f: &dyn Fixture) {
+    let store = seeded(f).await;
+    let ana = user(store.as_ref(), "ana@lab.org", "data-scientist").await;
+    set(store.as_ref(), ana.id, None, 5.0, 1e-6).await;
+
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut req = debit(ana.id, 0.1, 0.0, None);
+                req.reference = format!("q{i}");
+                store.debit_budget(&req, audit("budget.debit")).await
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut refused = 0;
+    for t in futures::future::join_all(tasks).await {
+        match t.expect("task did not panic") {
+            Ok(_) => ok += 1,
+            Err(StoreError::BudgetExhausted(_)) => refused += 1,
+            Err(other) => panic!("unexpected error under concurrency: {other:?}"),
+        }
+    }
+    assert_eq!((ok, refused), (50, 150));
+    let b = &store.list_budgets(ana.id).await.expect("list")[0];
+    assert_eq!(b.epsilon_spent, eps(5.0));
+    assert_eq!(
+        store.list_ledger(ana.id, 1000).await.expect("ledger").len(),
+        50
+    );
+    assert_chain_valid(f).await;
+}
+
+pub async fn every_mutation_extends_a_valid_chain(f: &dyn Fixture) {
+    let store = seeded(f).await;
+    assert_eq!(store.audit_head().await.expect("head"), None);
+    let ana = user(store.as_ref(), "ana@lab.org", "guest").await;
+    store
+        .create_role(
+            &NewRole {
+                name: "auditor".into(),
+                description: String::new(),
+                permissions: PermissionSet::empty(),
+            },
+            audit("role.create"),
+        )
+        .await
+        .expect("role");
+    store
+        .create_token(
+            &token("aaaaaaaaaaa1", ana.id, TokenKind::Api, None),
+            audit("token.create"),
+        )
+        .await
+        .expect("token");
+    store
+        .revoke_token(ana.id, "aaaaaaaaaaa1", audit("token.revoke"))
+        .await
+        .expect("revoke");
+    set(store.as_ref(), ana.id, None, 1.0, 0.0).await;
+    store
+        .set_password(
+            ana.id,
+            &PasswordChange {
+                password_hash: "h".into(),
+                must_change_password: false,
+                keep_token: None,
+            },
+            audit("user.password"),
+        )
+        .await
+        .expect("password");
+    store
+        .update_user(ana.id, &UserUpdate::default(), audit("user.update"))
+        .await
+        .expect("update");
+    store
+        .delete_role("auditor", audit("role.delete"))
+        .await
+        .expect("delete");
+    store
+        .append_audit(
+            NewAuditEntry::new("anonymous", "auth.login", "user:x@y.z")
+                .outcome(AuditOutcome::Denied)
+                .details(json!({"reason": "bad password", "ip": "127.0.0.1"})),
+        )
+        .await
+        .expect("append");
+
+    let entries = all_audit(store.as_ref()).await;
+    let actions: Vec<&str> = entries.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "user.create",
+            "role.create",
+            "token.create",
+            "token.revoke",
+            "budget.set",
+            "user.password",
+            "user.update",
+            "role.delete",
+            "auth.login"
+        ]
+    );
+    let last = entries.last().expect("non-empty");
+    assert_eq!(last.outcome, "denied");
+    assert_eq!(
+        last.details,
+        r#"{"ip":"127.0.0.1","reason":"bad password"}"#
+    );
+    assert_eq!(assert_chain_valid(f).await, 9);
+}
+
+pub async fn concurrent_appends_keep_one_linear_chain(f: &dyn Fixture) {
+    let store = seeded(f).await;
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .append_audit(NewAuditEntry::new(
+                        "system",
+                        "test.concurrent",
+                        format!("n{i}"),
+                    ))
+                    .await
+            })
+        })
+        .collect();
+    for t in futures::future::join_all(tasks).await {
+        t.expect("no panic").expect("append");
+    }
+    assert_eq!(assert_chain_valid(f).await, 100);
+}
+
+pub async fn audit_filters(f: &dyn Fixture) {
+    let store = seeded(f).await;
+    for (actor, action) in [
+        ("a@x.org", "auth.login"),
+        ("b@x.org", "auth.login"),
+        ("a@x.org", "user.create"),
+        ("a@x.org", "auth.logout"),
+    ] {
+        store
+            .append_audit(NewAuditEntry::new(actor, action, "t"))
+            .await
+            .expect("append");
+    }
+    let by_actor = store
+        .list_audit(&AuditFilter {
+            actor: Some("a@x.org".into()),
+            ..AuditFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(
+        by_actor.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [1, 3, 4]
+    );
+    let by_prefix = store
+        .list_audit(&AuditFilter {
+            action_prefix: Some("auth.".into()),
+            ..AuditFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(
+        by_prefix.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [1, 2, 4]
+    );
+    let page = store
+        .list_audit(&AuditFilter {
+            after_seq: 1,
+            limit: 2,
+            ..AuditFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);
+    // A prefix is literal: SQL wildcards in it match nothing special.
+    let wild = store
+        .list_audit(&AuditFilter {
+            action_prefix: Some("%".into()),
+            ..AuditFilter::default()
+        })
+        .await
+        .expect("list");
+    assert!(wild.is_empty());
+}

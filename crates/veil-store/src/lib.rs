@@ -1,0 +1,134 @@
+//! The metadata store: users, roles, tokens, budgets, the budget ledger and the audit log.
+//!
+//! [`Store`] is the one interface the core talks to; `veil-store-sqlite` and
+//! `veil-store-postgres` implement it, and [`conformance`] holds the tests both must pass.
+//!
+//! Invariants every backend keeps:
+//! - Every mutating method takes the audit entry describing it and writes both in **one
+//!   transaction**: a change is never stored without its audit entry, nor the reverse.
+//! - [`Store::debit_budget`] checks the caps, debits, writes the ledger row and the audit entry
+//!   in one transaction, and refuses (changing nothing) if any cap would be exceeded, however
+//!   many callers race.
+//! - The audit log is append-only and hash-chained; entries are sealed with the [`AuditKey`]
+//!   given at open time (see [`audit::seal_next`]).
+//! - No private data rows ever reach this store: it holds metadata only.
+
+pub mod audit;
+pub mod conformance;
+mod model;
+pub mod rows;
+
+pub use model::*;
+
+use async_trait::async_trait;
+use veil_crypto::AuditKey;
+use veil_types::{Delta, Epsilon, UserId};
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// What went wrong in the store, in terms a caller can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{what} not found")]
+    NotFound { what: &'static str },
+    #[error("{what} already exists")]
+    Conflict { what: &'static str },
+    #[error("{what} is still in use")]
+    InUse { what: &'static str },
+    #[error("no privacy budget has been set for this user")]
+    NoBudget,
+    #[error("privacy budget exhausted")]
+    BudgetExhausted(BudgetRefusal),
+    /// The stored data could not be decoded: a bug or outside tampering.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// The database failed (connection lost, disk full, …). Details are for logs only.
+    #[error("database error: {0}")]
+    Backend(String),
+}
+
+/// Which cap refused a debit, and what is left under it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetRefusal {
+    /// `None` for the user's overall budget, `Some(dataset)` for a per-dataset one.
+    pub dataset: Option<String>,
+    pub epsilon_remaining: Epsilon,
+    pub delta_remaining: Delta,
+}
+
+/// The metadata store. Implementations must be safe to share across tasks.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Which backend this is, for logs and `/healthz`.
+    fn backend_name(&self) -> &'static str;
+
+    // ---- roles
+    /// Inserts or updates the preset roles (their permissions are defined in code).
+    async fn sync_preset_roles(&self, roles: &[NewRole]) -> Result<()>;
+    async fn create_role(&self, role: &NewRole, audit: NewAuditEntry) -> Result<Role>;
+    async fn get_role(&self, name: &str) -> Result<Option<Role>>;
+    async fn list_roles(&self) -> Result<Vec<Role>>;
+    /// Deletes a custom role; `InUse` if any user holds it.
+    async fn delete_role(&self, name: &str, audit: NewAuditEntry) -> Result<()>;
+
+    // ---- users
+    async fn create_user(&self, user: &NewUser, audit: NewAuditEntry) -> Result<User>;
+    async fn get_user(&self, id: UserId) -> Result<Option<User>>;
+    async fn get_user_by_email(&self, email: &str) -> Result<Option<User>>;
+    async fn list_users(&self) -> Result<Vec<User>>;
+    /// The stored Argon2id PHC string.
+    async fn get_password_hash(&self, id: UserId) -> Result<Option<String>>;
+    /// Changes role and/or disabled flag. Disabling also revokes all the user's tokens.
+    async fn update_user(
+        &self,
+        id: UserId,
+        update: &UserUpdate,
+        audit: NewAuditEntry,
+    ) -> Result<User>;
+    /// Replaces the password hash and revokes the user's sessions except `keep_token`.
+    async fn set_password(
+        &self,
+        id: UserId,
+        change: &PasswordChange,
+        audit: NewAuditEntry,
+    ) -> Result<()>;
+    /// Enabled users holding `role` (to refuse removing the last owner).
+    async fn count_enabled_users_with_role(&self, role: &str) -> Result<u64>;
+
+    // ---- tokens
+    async fn create_token(&self, token: &NewToken, audit: NewAuditEntry) -> Result<TokenRecord>;
+    /// The token with its user and the user's role, in one round trip (the per-request path).
+    async fn get_token_principal(&self, token_id: &str) -> Result<Option<TokenPrincipal>>;
+    async fn list_tokens(&self, user_id: UserId) -> Result<Vec<TokenRecord>>;
+    /// Revokes one of `user_id`'s tokens; `NotFound` if it is not theirs or not active.
+    async fn revoke_token(
+        &self,
+        user_id: UserId,
+        token_id: &str,
+        audit: NewAuditEntry,
+    ) -> Result<()>;
+    async fn touch_token(&self, token_id: &str, at: Timestamp) -> Result<()>;
+
+    // ---- budgets
+    async fn set_budget(&self, budget: &BudgetCap, audit: NewAuditEntry) -> Result<Budget>;
+    async fn list_budgets(&self, user_id: UserId) -> Result<Vec<Budget>>;
+    /// Debits a cost from the user's overall budget and, if one is set, their budget for the
+    /// dataset; writes the ledger entry and the audit entry; all in one transaction.
+    async fn debit_budget(
+        &self,
+        debit: &DebitRequest,
+        audit: NewAuditEntry,
+    ) -> Result<DebitReceipt>;
+    async fn list_ledger(&self, user_id: UserId, limit: u32) -> Result<Vec<LedgerEntry>>;
+
+    // ---- audit
+    /// Appends a standalone entry (for events that change no other state: logins, refusals).
+    async fn append_audit(&self, entry: NewAuditEntry) -> Result<AuditEntry>;
+    async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>>;
+    async fn audit_head(&self) -> Result<Option<AuditHead>>;
+}
+
+/// Builds a store's audit sealing key from the node's master key.
+pub fn audit_key(master: &veil_crypto::MasterKey) -> AuditKey {
+    AuditKey::derive(master)
+}

@@ -1,0 +1,346 @@
+//! The records the store keeps. Plain data: no behaviour beyond small conveniences.
+
+use veil_types::{Delta, Epsilon, PermissionSet, UserId};
+
+/// Microseconds since the Unix epoch (UTC). One integer type in both backends keeps the audit
+/// chain's encoding identical everywhere.
+pub type Timestamp = i64;
+
+pub fn now_micros() -> Timestamp {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRole {
+    pub name: String,
+    pub description: String,
+    pub permissions: PermissionSet,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Role {
+    pub name: String,
+    pub description: String,
+    pub permissions: PermissionSet,
+    pub preset: bool,
+    pub created_at: Timestamp,
+}
+
+#[derive(Clone)]
+pub struct NewUser {
+    pub email: String,
+    pub role: String,
+    pub password_hash: String,
+    pub must_change_password: bool,
+}
+
+impl std::fmt::Debug for NewUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewUser")
+            .field("email", &self.email)
+            .field("role", &self.role)
+            .field("password_hash", &"[redacted]")
+            .field("must_change_password", &self.must_change_password)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: UserId,
+    pub email: String,
+    pub role: String,
+    pub disabled: bool,
+    pub must_change_password: bool,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserUpdate {
+    pub role: Option<String>,
+    pub disabled: Option<bool>,
+}
+
+#[derive(Clone)]
+pub struct PasswordChange {
+    pub password_hash: String,
+    pub must_change_password: bool,
+    /// The session to keep (the one making the change), if any; all others are revoked.
+    pub keep_token: Option<String>,
+}
+
+impl std::fmt::Debug for PasswordChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordChange")
+            .field("password_hash", &"[redacted]")
+            .field("must_change_password", &self.must_change_password)
+            .field("keep_token", &self.keep_token)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// Created by a login; short-lived.
+    Session,
+    /// Named, created explicitly for scripts; optional expiry.
+    Api,
+}
+
+impl TokenKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Session => "session",
+            TokenKind::Api => "api",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "session" => Some(TokenKind::Session),
+            "api" => Some(TokenKind::Api),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct NewToken {
+    pub id: String,
+    pub user_id: UserId,
+    pub kind: TokenKind,
+    pub name: Option<String>,
+    pub secret_hash: [u8; 32],
+    pub expires_at: Option<Timestamp>,
+}
+
+impl std::fmt::Debug for NewToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewToken")
+            .field("id", &self.id)
+            .field("user_id", &self.user_id)
+            .field("kind", &self.kind)
+            .field("name", &self.name)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub id: String,
+    pub user_id: UserId,
+    pub kind: TokenKind,
+    pub name: Option<String>,
+    pub secret_hash: Vec<u8>,
+    pub created_at: Timestamp,
+    pub expires_at: Option<Timestamp>,
+    pub revoked_at: Option<Timestamp>,
+    pub last_used_at: Option<Timestamp>,
+}
+
+impl std::fmt::Debug for TokenRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenRecord")
+            .field("id", &self.id)
+            .field("user_id", &self.user_id)
+            .field("kind", &self.kind)
+            .field("name", &self.name)
+            .field("created_at", &self.created_at)
+            .field("expires_at", &self.expires_at)
+            .field("revoked_at", &self.revoked_at)
+            .field("last_used_at", &self.last_used_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenRecord {
+    pub fn is_active(&self, now: Timestamp) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|e| e > now)
+    }
+}
+
+/// A token joined with its user and the user's role: what authentication needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenPrincipal {
+    pub token: TokenRecord,
+    pub user: User,
+    pub permissions: PermissionSet,
+}
+
+/// A budget cap to set. `dataset: None` is the user's overall budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetCap {
+    pub user_id: UserId,
+    pub dataset: Option<String>,
+    pub epsilon: Epsilon,
+    pub delta: Delta,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Budget {
+    pub user_id: UserId,
+    pub dataset: Option<String>,
+    pub epsilon_cap: Epsilon,
+    pub delta_cap: Delta,
+    pub epsilon_spent: Epsilon,
+    pub delta_spent: Delta,
+    pub updated_at: Timestamp,
+}
+
+impl Budget {
+    pub fn epsilon_remaining(&self) -> Epsilon {
+        self.epsilon_cap.saturating_sub(self.epsilon_spent)
+    }
+
+    pub fn delta_remaining(&self) -> Delta {
+        self.delta_cap.saturating_sub(self.delta_spent)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DebitRequest {
+    pub user_id: UserId,
+    pub dataset: Option<String>,
+    pub epsilon: Epsilon,
+    pub delta: Delta,
+    /// What the budget is spent on, e.g. `query`, `validation`.
+    pub purpose: String,
+    /// A handle to what was released (query hash, request id), never private data.
+    pub reference: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DebitReceipt {
+    pub ledger_id: i64,
+    pub audit_seq: u64,
+    pub epsilon: Epsilon,
+    pub delta: Delta,
+    /// The budgets the debit was charged to, after the debit.
+    pub budgets: Vec<Budget>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerEntry {
+    pub id: i64,
+    pub user_id: UserId,
+    pub dataset: Option<String>,
+    pub epsilon: Epsilon,
+    pub delta: Delta,
+    pub purpose: String,
+    pub reference: String,
+    pub audit_seq: u64,
+    pub at: Timestamp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditOutcome {
+    /// The action happened.
+    Ok,
+    /// Refused for lack of permission or bad credentials.
+    Denied,
+    /// Refused by a rule (budget exhausted, validation).
+    Refused,
+    /// Attempted and failed.
+    Failed,
+}
+
+impl AuditOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditOutcome::Ok => "ok",
+            AuditOutcome::Denied => "denied",
+            AuditOutcome::Refused => "refused",
+            AuditOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// An audit entry before it is sealed into the chain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAuditEntry {
+    /// Who acted: an email, or `anonymous` / `system`.
+    pub actor: String,
+    /// Dotted verb, e.g. `user.create`, `auth.login`.
+    pub action: String,
+    /// What it acted on, e.g. `user:ana@lab.org`.
+    pub target: String,
+    pub outcome: AuditOutcome,
+    /// Structured context. Never secrets, never private rows.
+    pub details: serde_json::Value,
+}
+
+impl NewAuditEntry {
+    pub fn new(
+        actor: impl Into<String>,
+        action: impl Into<String>,
+        target: impl Into<String>,
+    ) -> Self {
+        Self {
+            actor: actor.into(),
+            action: action.into(),
+            target: target.into(),
+            outcome: AuditOutcome::Ok,
+            details: serde_json::Value::Object(Default::default()),
+        }
+    }
+
+    pub fn outcome(mut self, outcome: AuditOutcome) -> Self {
+        self.outcome = outcome;
+        self
+    }
+
+    pub fn details(mut self, details: serde_json::Value) -> Self {
+        self.details = details;
+        self
+    }
+}
+
+/// A sealed audit entry as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub seq: u64,
+    pub at: Timestamp,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub outcome: String,
+    /// The JSON text exactly as hashed.
+    pub details: String,
+    pub prev_hash: Vec<u8>,
+    pub hash: Vec<u8>,
+    pub seal: Vec<u8>,
+}
+
+/// The sealed pointer to the newest entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditHead {
+    pub seq: u64,
+    pub hash: Vec<u8>,
+    pub seal: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Only entries with `seq > after_seq`.
+    pub after_seq: u64,
+    pub limit: u32,
+    pub actor: Option<String>,
+    /// Only actions starting with this prefix (e.g. `auth.`).
+    pub action_prefix: Option<String>,
+}
+
+impl Default for AuditFilter {
+    fn default() -> Self {
+        Self {
+            after_seq: 0,
+            limit: 100,
+            actor: None,
+            action_prefix: None,
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! Row shapes shared by the SQL backends.
+//!
+//! Each backend fetches rows as plain tuples (`sqlx::query_as::<_, UserRow>`) and converts them
+//! here, so decoding rules (how permissions, amounts and booleans are stored) live in one place
+//! and both backends store identical values.
+
+use veil_types::{Delta, Epsilon, PermissionSet};
+
+use crate::{
+    AuditEntry, AuditHead, Budget, LedgerEntry, Role, StoreError, TokenKind, TokenRecord, User,
+};
+
+/// The column list matching the row tuple below, as a literal for `concat!`.
+#[macro_export]
+macro_rules! user_columns {
+    () => {
+        "id, email, role, disabled, must_change_password, created_at, updated_at"
+    };
+}
+pub type UserRow = (i64, String, String, bool, bool, i64, i64);
+
+pub fn user(r: UserRow) -> User {
+    User {
+        id: r.0,
+        email: r.1,
+        role: r.2,
+        disabled: r.3,
+        must_change_password: r.4,
+        created_at: r.5,
+        updated_at: r.6,
+    }
+}
+
+/// The column list matching the row tuple below, as a literal for `concat!`.
+#[macro_export]
+macro_rules! role_columns {
+    () => {
+        "name, description, permissions, preset, created_at"
+    };
+}
+pub type RoleRow = (String, String, String, bool, i64);
+
+pub fn role(r: RoleRow) -> Result<Role, StoreError> {
+    Ok(Role {
+        permissions: permissions(&r.2)?,
+        name: r.0,
+        description: r.1,
+        preset: r.3,
+        created_at: r.4,
+    })
+}
+
+/// Permissions are stored as a comma-separated list of their names.
+pub fn permissions_text(p: &PermissionSet) -> String {
+    p.to_string()
+}
+
+pub fn permissions(text: &str) -> Result<PermissionSet, StoreError> {
+    PermissionSet::parse_list(text).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// The column list matching the row tuple below, as a literal for `concat!`.
+#[macro_export]
+macro_rules! token_columns {
+    () => {
+        "id, user_id, kind, name, secret_hash, created_at, expires_at, revoked_at, last_used_at"
+    };
+}
+pub type TokenRow = (
+    String,
+    i64,
+    String,
+    Option<String>,
+    Vec<u8>,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+);
+
+pub fn token(r: TokenRow) -> Result<TokenRecord, StoreError> {
+    Ok(TokenRecord {
+        kind: TokenKind::parse(&r.2)
+            .ok_or_else(|| StoreError::Corrupt(format!("token kind {:?}", r.2)))?,
+        id: r.0,
+        user_id: r.1,
+        name: r.3,
+        secret_hash: r.4,
+        created_at: r.5,
+        expires_at: r.6,
+        revoked_at: r.7,
+        last_used_at: r.8,
+    })
+}
+
+/// The overall budget is stored with an empty scope so `(user_id, scope)` can be a primary key.
+pub const OVERALL_SCOPE: &str = "";
+
+pub fn scope(dataset: Option<&str>) -> &str {
+    dataset.unwrap_or(OVERALL_SCOPE)
+}
+
+/// The column list matching the row tuple below, as a literal for `concat!`.
+#[macro_export]
+macro_rules! budget_columns {
+    () => {
+        "user_id, scope, epsilon_cap, delta_cap, epsilon_spent, delta_spent, updated_at"
+    };
+}
+pub type BudgetRow = (i64, String, i64, i64, i64, i64, i64);
+
+pub fn budget(r: BudgetRow) -> Result<Budget, StoreError> {
+    Ok(Budget {
+        user_id: r.0,
+        dataset: (r.1 != OVERALL_SCOPE).then_some(r.1),
+        epsilon_cap: Epsilon::from_units(amount(r.2)?),
+        delta_cap: Delta::from_units(amount(r.3)?),
+        epsilon_spent: Epsilon::from_units(amount(r.4)?),
+        delta_spent: Delta::from_units(amount(r.5)?),
+        updated_at: r.6,
+    })
+}
+
+/// Amounts are `u64` in memory and `BIGINT` in SQL; they never exceed `i64::MAX` because caps
+/// are bounded (see `veil_types::privacy`).
+pub fn amount(v: i64) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative privacy amount {v}")))
+}
+
+pub fn sql_amount(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The column list matching the row tuple below, as a literal for `concat!`.
+#[macro_export]
+macro_rules! ledger_columns {
+    () => {
+        "id, user_id, dataset, epsilon, delta, purpose, reference, audit_seq, at"
+    };
+}
+pub type LedgerRow = (i64, i64, Option<String>, i64, i64, String, String, i64, i64);
+
+pub fn ledger(r: LedgerRow) -> Result<LedgerEntry, StoreError> {
+    Ok(LedgerEntry {
+        id: r.0,
+        user_id: r.1,
+        dataset: r.2,
+        epsilon: Epsilon::from_units(amount(r.3)?),
+        delta: Delta::from_units(amount(r.4)?),
+        purpose: r.5,
+        reference: r.6,
+        audit_seq: seq(r.7)?,
+        at: r.8,
+    })
+}
+
+/// The column list matching the row tuple below, as a literal for `concat!`.
+#[macro_export]
+macro_rules! audit_columns {
+    () => {
+        "seq, at, actor, action, target, outcome, details, prev_hash, hash, seal"
+    };
+}
+pub type AuditRow = (
+    i64,
+    i64,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Vec<u8>,
+    Vec<u8>,
+    Vec<u8>,
+);
+
+pub fn audit(r: AuditRow) -> Result<AuditEntry, StoreError> {
+    Ok(AuditEntry {
+        seq: seq(r.0)?,
+        at: r.1,
+        actor: r.2,
+        action: r.3,
+        target: r.4,
+        outcome: r.5,
+        details: r.6,
+        prev_hash: r.7,
+        hash: r.8,
+        seal: r.9,
+    })
+}
+
+pub type AuditHeadRow = (i64, Vec<u8>, Vec<u8>);
+
+pub fn audit_head(r: AuditHeadRow) -> Result<AuditHead, StoreError> {
+    Ok(AuditHead {
+        seq: seq(r.0)?,
+        hash: r.1,
+        seal: r.2,
+    })
+}
+
+pub fn seq(v: i64) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative sequence number {v}")))
+}
+
+pub fn sql_seq(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
