@@ -17,6 +17,8 @@ use veil_store::rows::{self, sql_amount, sql_seq};
 use veil_store::*;
 use veil_types::UserId;
 
+pub mod testing;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 pub struct PostgresStore {

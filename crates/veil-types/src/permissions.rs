@@ -12,11 +12,11 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 macro_rules! permissions {
-    ($( $(#[$doc:meta])* $variant:ident => $name:literal, )+) => {
+    ($( #[doc = $doc:literal] $variant:ident => $name:literal, )+) => {
         /// One kind of action a caller may be allowed to take.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub enum Permission {
-            $( $(#[$doc])* $variant, )+
+            $( #[doc = $doc] $variant, )+
         }
 
         impl Permission {
@@ -27,6 +27,13 @@ macro_rules! permissions {
             pub const fn as_str(self) -> &'static str {
                 match self {
                     $( Permission::$variant => $name, )+
+                }
+            }
+
+            /// What the permission allows, in one sentence.
+            pub fn description(self) -> &'static str {
+                match self {
+                    $( Permission::$variant => $doc.trim(), )+
                 }
             }
         }
