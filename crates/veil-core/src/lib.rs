@@ -1,14 +1,130 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! Veil's use-cases: the rules of the node, independent of HTTP and SQL.
+//!
+//! [`Core`] is the single entry point. Every method that acts for a user takes the caller's
+//! [`Principal`] and checks its permission itself (the HTTP layer checks too; this is the
+//! second lock). Every change is recorded in the audit log by the store, in the same
+//! transaction as the change.
+//!
+//! This crate must not depend on axum, sqlx or clap (a test in `veil-server` checks).
+
+mod audit;
+mod auth;
+mod budgets;
+mod clock;
+pub mod error;
+mod password_policy;
+mod principal;
+mod rate_limit;
+mod roles;
+mod tokens;
+mod users;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use audit::{AuditPage, VerifyReport};
+pub use auth::{LoginOutcome, OneTimePassword};
+pub use budgets::{BudgetReport, DebitOutcome, Spend};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::CoreError;
+pub use password_policy::PasswordPolicy;
+pub use principal::Principal;
+pub use rate_limit::RateLimitSettings;
+pub use users::{UserRef, UserUpdateRequest};
+
+use tokio::sync::Semaphore;
+use veil_crypto::AuditKey;
+use veil_store::Store;
+
+pub type Result<T, E = CoreError> = std::result::Result<T, E>;
+
+/// Tunable rules of the node, validated by the binary before the core is built.
+#[derive(Debug, Clone)]
+pub struct CoreSettings {
+    /// How long a login session lasts.
+    pub session_ttl: Duration,
+    /// The longest lifetime an API token may be given; `None` allows tokens that never expire.
+    pub max_token_ttl: Option<Duration>,
+    pub password_policy: PasswordPolicy,
+    pub login_rate_limit: RateLimitSettings,
+    /// How many Argon2 computations may run at once (each takes 19 MiB and ~50 ms of CPU).
+    pub password_hash_concurrency: usize,
+}
+
+impl Default for CoreSettings {
+    fn default() -> Self {
+        Self {
+            session_ttl: Duration::from_secs(12 * 3600),
+            max_token_ttl: None,
+            password_policy: PasswordPolicy::default(),
+            login_rate_limit: RateLimitSettings::default(),
+            password_hash_concurrency: std::thread::available_parallelism()
+                .map(|n| n.get() * 2)
+                .unwrap_or(4),
+        }
+    }
+}
+
+/// The node's use-cases over a store.
+#[derive(Debug)]
+pub struct Core {
+    store: Arc<dyn Store>,
+    audit_key: AuditKey,
+    clock: Arc<dyn Clock>,
+    settings: CoreSettings,
+    login_limiter: rate_limit::RateLimiter,
+    hashing: Semaphore,
+}
+
+impl Core {
+    pub fn new(
+        store: Arc<dyn Store>,
+        audit_key: AuditKey,
+        clock: Arc<dyn Clock>,
+        settings: CoreSettings,
+    ) -> Self {
+        Self {
+            login_limiter: rate_limit::RateLimiter::new(settings.login_rate_limit.clone()),
+            hashing: Semaphore::new(settings.password_hash_concurrency.max(1)),
+            store,
+            audit_key,
+            clock,
+            settings,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn settings(&self) -> &CoreSettings {
+        &self.settings
+    }
+
+    fn now(&self) -> veil_store::Timestamp {
+        self.clock.now_micros()
+    }
+
+    /// Runs a CPU-heavy password operation off the async workers, a few at a time.
+    async fn hashing<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T> {
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| CoreError::Internal("password hashing pool closed".into()))?;
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| CoreError::Internal(format!("password hashing task failed: {e}")))
+    }
+}
+
+/// Converts a `Duration` to whole microseconds for timestamps.
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+mod tests;

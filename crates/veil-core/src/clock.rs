@@ -1,0 +1,39 @@
+//! Time, injected so tests can expire tokens and rate-limit windows without sleeping.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use veil_store::Timestamp;
+
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Microseconds since the Unix epoch.
+    fn now_micros(&self) -> Timestamp;
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_micros(&self) -> Timestamp {
+        veil_store::now_micros()
+    }
+}
+
+/// A clock that moves only when told to.
+#[derive(Debug)]
+pub struct ManualClock(AtomicI64);
+
+impl ManualClock {
+    pub fn new(start: Timestamp) -> Self {
+        Self(AtomicI64::new(start))
+    }
+
+    pub fn advance(&self, by: std::time::Duration) {
+        self.0.fetch_add(crate::micros(by), Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_micros(&self) -> Timestamp {
+        self.0.load(Ordering::SeqCst)
+    }
+}
