@@ -1,0 +1,111 @@
+//! Error codes: the one table from failure kinds to stable snake_case codes and HTTP statuses.
+//!
+//! Clients match on `code`, never on `message` (which is for people and may change). Codes are
+//! never reused for a different meaning; a retired code stays reserved.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+macro_rules! error_codes {
+    ($( $variant:ident => ($code:literal, $status:literal, $doc:literal), )+) => {
+        /// A stable error code.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $( #[doc = $doc] $variant, )+
+        }
+
+        impl ErrorCode {
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)+];
+
+            pub const fn as_str(self) -> &'static str {
+                match self { $( ErrorCode::$variant => $code, )+ }
+            }
+
+            /// The HTTP status this code is sent with.
+            pub const fn status(self) -> u16 {
+                match self { $( ErrorCode::$variant => $status, )+ }
+            }
+
+            pub const fn description(self) -> &'static str {
+                match self { $( ErrorCode::$variant => $doc, )+ }
+            }
+
+            pub fn parse(code: &str) -> Option<Self> {
+                match code { $( $code => Some(ErrorCode::$variant), )+ _ => None }
+            }
+        }
+    };
+}
+
+error_codes! {
+    Unauthenticated => ("unauthenticated", 401, "The bearer token is missing, malformed, unknown, expired or revoked."),
+    InvalidCredentials => ("invalid_credentials", 401, "Wrong email or password."),
+    RateLimited => ("rate_limited", 429, "Too many failed attempts; retry after the time given."),
+    PasswordChangeRequired => ("password_change_required", 403, "The account still has its one-time password; change it first."),
+    Forbidden => ("forbidden", 403, "The caller's role lacks the permission this endpoint needs."),
+    PrivilegeEscalation => ("privilege_escalation", 403, "The request would grant permissions the caller does not hold."),
+    BudgetExhausted => ("budget_exhausted", 403, "The privacy budget cannot pay for this request; nothing was computed."),
+    NotFound => ("not_found", 404, "No such endpoint."),
+    UserNotFound => ("user_not_found", 404, "No such user."),
+    RoleNotFound => ("role_not_found", 404, "No such role."),
+    TokenNotFound => ("token_not_found", 404, "No such active token of yours."),
+    MethodNotAllowed => ("method_not_allowed", 405, "The endpoint does not accept this HTTP method."),
+    UserExists => ("user_exists", 409, "A user with this email already exists."),
+    RoleExists => ("role_exists", 409, "A role with this name already exists."),
+    TokenNameTaken => ("token_name_taken", 409, "You already have an active token with this name."),
+    RoleInUse => ("role_in_use", 409, "The role is still assigned to users."),
+    PresetRole => ("preset_role", 409, "Preset roles cannot be created, changed or deleted."),
+    LastOwner => ("last_owner", 409, "The change would leave the node without an enabled owner."),
+    CannotModifySelf => ("cannot_modify_self", 409, "Users cannot disable or change the role of their own account."),
+    InvalidInput => ("invalid_input", 400, "A field is missing, has the wrong type, or fails validation."),
+    MalformedJson => ("malformed_json", 400, "The body is not valid JSON."),
+    UnsupportedMediaType => ("unsupported_media_type", 415, "The body must be sent as application/json."),
+    PayloadTooLarge => ("payload_too_large", 413, "The body exceeds the node's size limit."),
+    WeakPassword => ("weak_password", 422, "The new password does not meet the password policy."),
+    Timeout => ("timeout", 408, "The request took longer than the node allows."),
+    Internal => ("internal", 500, "The node failed; details are in its log, not in this response."),
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Every error response: `{"error": {"code": "…", "message": "…"}}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable snake_case code to match on.
+    pub code: String,
+    /// Human-readable explanation; may change between versions.
+    pub message: String,
+    /// Seconds to wait before retrying (`rate_limited` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_secs: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_snake_case_and_round_trip() {
+        let mut seen = std::collections::HashSet::new();
+        for c in ErrorCode::ALL {
+            assert!(seen.insert(c.as_str()), "duplicate code {c}");
+            assert!(
+                c.as_str()
+                    .chars()
+                    .all(|ch| ch.is_ascii_lowercase() || ch == '_'),
+                "{c} is not snake_case"
+            );
+            assert_eq!(ErrorCode::parse(c.as_str()), Some(*c));
+            assert!((400..600).contains(&c.status()));
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! Request and response bodies.
+//!
+//! Requests reject unknown fields, so a typo in a field name is an error rather than a
+//! silently ignored setting. Privacy amounts travel as JSON numbers (ε = 0.5), timestamps as
+//! RFC 3339 strings in UTC.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// Always `ok` when the node answers.
+    pub status: String,
+    pub version: String,
+    /// The metadata store backend: `sqlite` or `postgres`.
+    pub store: String,
+}
+
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub email: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest")
+            .field("email", &self.email)
+            .field("password", &"[redacted]")
+            .finish()
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct LoginResponse {
+    /// The bearer token. Shown once; send it as `Authorization: Bearer <token>`.
+    pub token: String,
+    /// The token's public id (for listing and revoking).
+    pub token_id: String,
+    pub expires_at: DateTime<Utc>,
+    pub user: UserView,
+}
+
+impl std::fmt::Debug for LoginResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginResponse")
+            .field("token", &"[redacted]")
+            .field("token_id", &self.token_id)
+            .field("expires_at", &self.expires_at)
+            .field("user", &self.user)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UserView {
+    pub id: i64,
+    pub email: String,
+    pub role: String,
+    pub disabled: bool,
+    /// True until the user replaces their one-time password.
+    pub must_change_password: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Me {
+    pub user: UserView,
+    /// The permissions of the user's role.
+    pub permissions: Vec<String>,
+    /// The token this request was made with.
+    pub token: CurrentToken,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CurrentToken {
+    pub id: String,
+    /// `session` (from a login) or `api` (named token).
+    pub kind: String,
+}
+
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePasswordRequest {
+    pub current_password: String,
+    pub new_password: String,
+}
+
+impl std::fmt::Debug for ChangePasswordRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChangePasswordRequest([redacted])")
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUserRequest {
+    pub email: String,
+    /// A preset or custom role name.
+    pub role: String,
+}
+
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateUserResponse {
+    pub user: UserView,
+    /// Shown once. The user must replace it at first login.
+    pub one_time_password: String,
+}
+
+impl std::fmt::Debug for CreateUserResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateUserResponse")
+            .field("user", &self.user)
+            .field("one_time_password", &"[redacted]")
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUserRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<bool>,
+}
+
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct PasswordResetResponse {
+    /// Shown once. The user's sessions were ended.
+    pub one_time_password: String,
+}
+
+impl std::fmt::Debug for PasswordResetResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PasswordResetResponse([redacted])")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RoleView {
+    pub name: String,
+    pub description: String,
+    pub permissions: Vec<String>,
+    /// Preset roles come with the node and cannot be changed.
+    pub preset: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRoleRequest {
+    pub name: String,
+    pub permissions: Vec<String>,
+    #[serde(default)]
+    pub description: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PermissionView {
+    pub name: String,
+    pub description: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TokenView {
+    pub id: String,
+    /// Set for API tokens; sessions have none.
+    pub name: Option<String>,
+    /// `session` or `api`.
+    pub kind: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// Neither revoked nor expired.
+    pub active: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTokenRequest {
+    pub name: String,
+    /// Lifetime in seconds; omit for a token that never expires (if the node allows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_seconds: Option<u64>,
+}
+
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateTokenResponse {
+    /// The bearer token. Shown once.
+    pub token: String,
+    pub info: TokenView,
+}
+
+impl std::fmt::Debug for CreateTokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateTokenResponse")
+            .field("token", &"[redacted]")
+            .field("info", &self.info)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BudgetView {
+    /// The dataset this cap applies to; absent for the user's overall budget.
+    pub dataset: Option<String>,
+    pub epsilon_cap: f64,
+    pub delta_cap: f64,
+    pub epsilon_spent: f64,
+    pub delta_spent: f64,
+    pub epsilon_remaining: f64,
+    pub delta_remaining: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetBudgetRequest {
+    /// Set the cap for this dataset only; omit for the overall budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<String>,
+    pub epsilon: f64,
+    #[serde(default)]
+    pub delta: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LedgerEntryView {
+    pub id: i64,
+    pub dataset: Option<String>,
+    pub epsilon: f64,
+    pub delta: f64,
+    pub purpose: String,
+    pub reference: String,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BudgetReportView {
+    pub user: String,
+    pub budgets: Vec<BudgetView>,
+    /// Most recent spending first.
+    pub recent: Vec<LedgerEntryView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntryView {
+    pub seq: u64,
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    /// `ok`, `denied`, `refused` or `failed`.
+    pub outcome: String,
+    pub details: serde_json::Value,
+    /// Hex SHA-256 of this entry (covers the previous hash).
+    pub hash: String,
+    pub prev_hash: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditPageView {
+    pub entries: Vec<AuditEntryView>,
+    /// Pass as `after` to fetch the next page; absent at the end.
+    pub next_after: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    /// Return entries after this sequence number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<u64>,
+    /// At most this many entries (1–1000, default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// Only entries by this actor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// Only actions starting with this prefix, e.g. `auth.`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditVerifyView {
+    pub ok: bool,
+    pub entries_checked: u64,
+    pub first_bad: Option<AuditBreakView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditBreakView {
+    pub seq: u64,
+    pub reason: String,
+}

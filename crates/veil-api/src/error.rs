@@ -1,0 +1,118 @@
+//! API errors: the one table from core errors to wire codes, and the error response shape.
+//!
+//! Internal failures are logged here with their detail and sent as a generic `internal`
+//! error: nothing about the database, file paths or private data reaches a client.
+
+use axum::Json;
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use veil_api_types::{ErrorBody, ErrorCode, ErrorDetail};
+use veil_core::CoreError;
+use veil_core::error::{Conflict, NotFound};
+
+/// An error on its way to the client.
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub retry_after_secs: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            retry_after_secs: None,
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidInput, message)
+    }
+
+    /// Logs `detail` and hides it from the client.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %detail, "internal error");
+        Self::new(
+            ErrorCode::Internal,
+            "the node failed to handle this request; the operator can find details in its log",
+        )
+    }
+}
+
+impl From<CoreError> for ApiError {
+    fn from(e: CoreError) -> Self {
+        let code = match &e {
+            CoreError::Unauthenticated => ErrorCode::Unauthenticated,
+            CoreError::InvalidCredentials => ErrorCode::InvalidCredentials,
+            CoreError::RateLimited { .. } => ErrorCode::RateLimited,
+            CoreError::PasswordChangeRequired => ErrorCode::PasswordChangeRequired,
+            CoreError::Forbidden(_) => ErrorCode::Forbidden,
+            CoreError::PrivilegeEscalation { .. } => ErrorCode::PrivilegeEscalation,
+            CoreError::NotFound(NotFound::User) => ErrorCode::UserNotFound,
+            CoreError::NotFound(NotFound::Role) => ErrorCode::RoleNotFound,
+            CoreError::NotFound(NotFound::Token) => ErrorCode::TokenNotFound,
+            CoreError::Conflict(Conflict::UserExists) => ErrorCode::UserExists,
+            CoreError::Conflict(Conflict::RoleExists) => ErrorCode::RoleExists,
+            CoreError::Conflict(Conflict::TokenNameTaken) => ErrorCode::TokenNameTaken,
+            CoreError::Conflict(Conflict::RoleInUse) => ErrorCode::RoleInUse,
+            CoreError::Conflict(Conflict::PresetRole) => ErrorCode::PresetRole,
+            CoreError::Conflict(Conflict::LastOwner) => ErrorCode::LastOwner,
+            CoreError::Conflict(Conflict::SelfAction(_)) => ErrorCode::CannotModifySelf,
+            CoreError::WeakPassword(_) => ErrorCode::WeakPassword,
+            CoreError::InvalidInput(_) => ErrorCode::InvalidInput,
+            CoreError::NoBudget | CoreError::BudgetExhausted { .. } => ErrorCode::BudgetExhausted,
+            CoreError::Internal(detail) => return ApiError::internal(detail),
+        };
+        let retry_after_secs = match e {
+            CoreError::RateLimited { retry_after_secs } => Some(retry_after_secs),
+            _ => None,
+        };
+        Self {
+            code,
+            message: e.to_string(),
+            retry_after_secs,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.as_str().to_string(),
+                message: self.message,
+                retry_after_secs: self.retry_after_secs,
+            },
+        };
+        let mut resp = (status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after_secs
+            && let Ok(v) = http::HeaderValue::from_str(&secs.to_string())
+        {
+            resp.headers_mut().insert(http::header::RETRY_AFTER, v);
+        }
+        resp
+    }
+}
+
+/// Gives the timeout layer's bare 408 the standard error body.
+pub(crate) async fn timeout_body(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    if resp.status() == StatusCode::REQUEST_TIMEOUT
+        && !resp.headers().contains_key(http::header::CONTENT_TYPE)
+    {
+        return ApiError::new(
+            ErrorCode::Timeout,
+            "the request took longer than this node allows",
+        )
+        .into_response();
+    }
+    resp
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
