@@ -1,0 +1,165 @@
+//! The layering rules of ARCHITECTURE.md, checked on the manifests so a stray dependency
+//! fails the build instead of slowly eroding the design.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("crates/<name> lives two levels below the root")
+        .to_path_buf()
+}
+
+/// crate name → (normal dependencies, manifest text).
+fn manifests() -> BTreeMap<String, (BTreeSet<String>, toml::Table)> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(workspace_root().join("crates")).expect("crates dir") {
+        let dir = entry.expect("entry").path();
+        let text = std::fs::read_to_string(dir.join("Cargo.toml")).expect("manifest");
+        let manifest: toml::Table = toml::from_str(&text).expect("valid toml");
+        let name = manifest["package"]["name"]
+            .as_str()
+            .expect("name")
+            .to_string();
+        assert_eq!(
+            dir.file_name().and_then(|n| n.to_str()),
+            Some(name.as_str()),
+            "folder name = crate name"
+        );
+        let deps = manifest
+            .get("dependencies")
+            .and_then(|d| d.as_table())
+            .map(|t| t.keys().cloned().collect())
+            .unwrap_or_default();
+        out.insert(name, (deps, manifest));
+    }
+    out
+}
+
+/// Every crate reachable from `start` through internal normal dependencies, and every
+/// external crate those depend on directly.
+fn closure(
+    all: &BTreeMap<String, (BTreeSet<String>, toml::Table)>,
+    start: &str,
+) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    let mut stack = vec![start.to_string()];
+    let mut externals = BTreeSet::new();
+    while let Some(c) = stack.pop() {
+        if !seen.insert(c.clone()) {
+            continue;
+        }
+        for d in &all[&c].0 {
+            if all.contains_key(d) {
+                stack.push(d.clone());
+            } else {
+                externals.insert(d.clone());
+            }
+        }
+    }
+    externals.extend(seen);
+    externals
+}
+
+#[test]
+fn layers_only_reach_what_they_may_know() {
+    let all = manifests();
+    let forbidden: &[(&str, &[&str])] = &[
+        (
+            "veil-types",
+            &["tokio", "axum", "sqlx", "reqwest", "clap", "veil-crypto"],
+        ),
+        (
+            "veil-crypto",
+            &["tokio", "axum", "sqlx", "reqwest", "clap", "tracing"],
+        ),
+        ("veil-store", &["axum", "sqlx", "reqwest", "clap"]),
+        (
+            "veil-core",
+            &[
+                "axum",
+                "sqlx",
+                "reqwest",
+                "clap",
+                "hyper",
+                "veil-store-sqlite",
+                "veil-store-postgres",
+            ],
+        ),
+        (
+            "veil-api-types",
+            &["tokio", "axum", "sqlx", "veil-core", "veil-store"],
+        ),
+        (
+            "veil-api",
+            &[
+                "sqlx",
+                "reqwest",
+                "clap",
+                "veil-store-sqlite",
+                "veil-store-postgres",
+            ],
+        ),
+        (
+            "veil-client",
+            &["axum", "sqlx", "veil-core", "veil-store", "clap"],
+        ),
+    ];
+    for (krate, banned) in forbidden {
+        let reach = closure(&all, krate);
+        for b in *banned {
+            assert!(
+                !reach.contains(*b),
+                "{krate} must not depend on {b} (ARCHITECTURE.md)"
+            );
+        }
+    }
+    // Only the store backends speak SQL, only the API crate speaks axum.
+    for (name, (deps, _)) in &all {
+        if deps.contains("sqlx") {
+            assert!(
+                name.starts_with("veil-store-"),
+                "{name} must not use sqlx directly"
+            );
+        }
+        if deps.contains("axum") {
+            assert_eq!(name, "veil-api", "{name} must not use axum directly");
+        }
+    }
+}
+
+#[test]
+fn external_dependencies_are_pinned_once_in_the_workspace() {
+    for (name, (_, manifest)) in manifests() {
+        for section in ["dependencies", "dev-dependencies"] {
+            let Some(deps) = manifest.get(section).and_then(|d| d.as_table()) else {
+                continue;
+            };
+            for (dep, spec) in deps {
+                let inherited = spec
+                    .as_table()
+                    .and_then(|t| t.get("workspace"))
+                    .and_then(toml::Value::as_bool)
+                    == Some(true);
+                assert!(
+                    inherited,
+                    "{name}: {section}.{dep} must use `workspace = true` (versions live in the root Cargo.toml)"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn architecture_md_names_every_crate() {
+    let doc =
+        std::fs::read_to_string(workspace_root().join("ARCHITECTURE.md")).expect("ARCHITECTURE.md");
+    for name in manifests().keys() {
+        assert!(
+            doc.contains(&format!("`{name}`")),
+            "ARCHITECTURE.md must describe `{name}`"
+        );
+    }
+}

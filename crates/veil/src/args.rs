@@ -1,0 +1,246 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "veil", version, about = "Veil: privacy-preserving data platform", long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// The node's URL (default: the one you logged in to).
+    #[arg(long, global = true, env = "VEIL_SERVER")]
+    pub server: Option<String>,
+    /// A bearer token to use instead of the stored login.
+    #[arg(long, global = true, env = "VEIL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A PEM CA certificate to trust (for nodes with private certificates).
+    #[arg(long, global = true, env = "VEIL_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// Where credentials are stored (default: ~/.config/veil).
+    #[arg(long, global = true, env = "VEIL_CONFIG_DIR")]
+    pub config_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node.
+    Serve(Box<ServeArgs>),
+    /// Log in and store a session token.
+    Login(LoginArgs),
+    /// End the current session and forget it.
+    Logout,
+    /// Show who you are logged in as.
+    Whoami,
+    /// Change your password.
+    Passwd(PasswdArgs),
+    /// Manage users.
+    #[command(subcommand)]
+    Users(UsersCmd),
+    /// Manage roles.
+    #[command(subcommand)]
+    Roles(RolesCmd),
+    /// Manage your API tokens.
+    #[command(subcommand)]
+    Tokens(TokensCmd),
+    /// Show and set privacy budgets.
+    #[command(subcommand)]
+    Budget(BudgetCmd),
+    /// Read and verify the audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Measure a node's performance.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args, Default)]
+pub struct ServeArgs {
+    /// A TOML file with any of these settings (flags and VEIL_* variables override it).
+    #[arg(long, env = "VEIL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where the node keeps its data [default: ./veil-data].
+    #[arg(long, env = "VEIL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:7070].
+    #[arg(long, env = "VEIL_LISTEN")]
+    pub listen: Option<String>,
+    /// postgres://… to keep metadata in PostgreSQL [default: SQLite in the data dir].
+    #[arg(long, env = "VEIL_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// The master key file [default: <data-dir>/master.key].
+    #[arg(long, env = "VEIL_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
+    /// The owner account's email, used on first start [default: owner@localhost].
+    #[arg(long, env = "VEIL_OWNER_EMAIL")]
+    pub owner_email: Option<String>,
+    /// Also create demo accounts and sample data.
+    #[arg(long)]
+    pub demo: bool,
+    /// TLS certificate chain (PEM); requires --tls-key.
+    #[arg(long, env = "VEIL_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "VEIL_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Browser origins allowed to call the API (the admin UI), comma-separated.
+    #[arg(long, env = "VEIL_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Option<Vec<String>>,
+    /// Largest request body in bytes [default: 1048576].
+    #[arg(long, env = "VEIL_BODY_LIMIT")]
+    pub body_limit: Option<usize>,
+    /// Login session lifetime, e.g. 12h [default: 12h].
+    #[arg(long, env = "VEIL_SESSION_TTL")]
+    pub session_ttl: Option<String>,
+    /// Longest lifetime an API token may have, e.g. 365d [default: unlimited].
+    #[arg(long, env = "VEIL_MAX_TOKEN_TTL")]
+    pub max_token_ttl: Option<String>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "VEIL_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Log filter, e.g. info or veil=debug [default: info].
+    #[arg(long, env = "VEIL_LOG")]
+    pub log_level: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    #[arg(long)]
+    pub email: String,
+    /// Read the password from standard input (the first line); a second line, if present,
+    /// becomes the new password when the account still has its one-time password.
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PasswdArgs {
+    /// Read the current and the new password from the first two lines of standard input.
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCmd {
+    /// List all users.
+    List,
+    /// Show one user (by email or id).
+    Show { user: String },
+    /// Create a user; prints their one-time password.
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        role: String,
+    },
+    /// Disable a user and revoke their tokens.
+    Disable { user: String },
+    /// Re-enable a disabled user.
+    Enable { user: String },
+    /// Change a user's role.
+    SetRole { user: String, role: String },
+    /// Give a user a new one-time password and end their sessions.
+    ResetPassword { user: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolesCmd {
+    /// List preset and custom roles.
+    List,
+    /// Show a role and its permissions.
+    Show { name: String },
+    /// Create a custom role.
+    Create {
+        name: String,
+        /// Comma-separated permissions, e.g. audit:read,datasets:read-metadata.
+        #[arg(long, value_delimiter = ',')]
+        permissions: Vec<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Delete a custom role nobody holds.
+    Delete { name: String },
+    /// List every permission a role can hold.
+    Permissions,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCmd {
+    /// Create a named API token; prints it once.
+    Create {
+        name: String,
+        /// Lifetime such as 30d, 12h, 45m, or `never` [default: 90d].
+        #[arg(long, default_value = "90d")]
+        expires_in: String,
+    },
+    /// List your tokens and sessions.
+    List,
+    /// Revoke one of your tokens by id.
+    Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BudgetCmd {
+    /// Set a user's privacy budget cap.
+    Set {
+        #[arg(long)]
+        user: String,
+        // Negative numbers parse, so the node can say what is wrong with them.
+        #[arg(long, allow_negative_numbers = true)]
+        epsilon: f64,
+        #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+        delta: f64,
+        /// Cap spending on this dataset only (in addition to the overall cap).
+        #[arg(long)]
+        dataset: Option<String>,
+    },
+    /// Show a budget (yours by default).
+    Show {
+        #[arg(long)]
+        user: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// List audit entries.
+    List {
+        /// Entries after this sequence number.
+        #[arg(long)]
+        after: Option<u64>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        actor: Option<String>,
+        /// Action prefix, e.g. auth. or budget.
+        #[arg(long)]
+        action: Option<String>,
+    },
+    /// Recompute the hash chain and check every seal.
+    Verify,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// What to measure: `api`.
+    pub target: String,
+    /// postgres://… server to benchmark the PostgreSQL backend on (a scratch database is
+    /// created and dropped there); default SQLite.
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 100)]
+    pub clients: usize,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+}

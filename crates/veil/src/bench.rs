@@ -1,0 +1,222 @@
+//! `veil bench api`: authenticated requests per second through the real HTTP stack, and the
+//! latency of the budget debit (the one-transaction store method) under concurrency.
+//!
+//! The node runs in this process on a scratch data directory (or a scratch PostgreSQL
+//! database created on the given server and dropped afterwards), so the load generator and
+//! the node share the machine's cores: figures are a floor for a node with its own machine.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use veil_client::Client;
+use veil_core::Spend;
+use veil_server::ServerConfig;
+use veil_server::testing::RunningNode;
+use veil_store_postgres::testing::ScratchDatabase;
+use veil_types::{Delta, Epsilon};
+
+use crate::args::BenchArgs;
+use crate::output::{Table, print_json};
+
+#[derive(Debug, Serialize)]
+struct Measurement {
+    name: String,
+    operations: u64,
+    per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    store: String,
+    clients: usize,
+    seconds: u64,
+    cores: usize,
+    measurements: Vec<Measurement>,
+}
+
+fn summarize(name: &str, mut lat: Vec<Duration>, elapsed: Duration) -> Measurement {
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        if lat.is_empty() {
+            return 0.0;
+        }
+        let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
+        lat[i].as_secs_f64() * 1000.0
+    };
+    Measurement {
+        name: name.into(),
+        operations: lat.len() as u64,
+        per_second: lat.len() as f64 / elapsed.as_secs_f64(),
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        max_ms: lat.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+    }
+}
+
+/// Runs `op` from `clients` concurrent tasks for `seconds`; returns every latency.
+async fn load<F, Fut>(clients: usize, seconds: u64, op: F) -> Result<(Vec<Duration>, Duration)>
+where
+    F: Fn() -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send,
+{
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(seconds);
+    let mut tasks = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        let op = op.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                op().await?;
+                lat.push(t.elapsed());
+            }
+            Ok::<_, anyhow::Error>(lat)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.context("benchmark task panicked")??);
+    }
+    Ok((all, start.elapsed()))
+}
+
+pub async fn run(a: BenchArgs, json: bool) -> Result<ExitCode> {
+    match a.target.as_str() {
+        "api" => api(a, json).await,
+        other => bail!("unknown benchmark {other:?}: available: api"),
+    }
+}
+
+async fn api(a: BenchArgs, json: bool) -> Result<ExitCode> {
+    if a.clients == 0 || a.seconds == 0 {
+        bail!("--clients and --seconds must be positive");
+    }
+    let dir = tempfile::tempdir().context("cannot create a scratch directory")?;
+    let mut config = ServerConfig::new(dir.path().join("data"));
+    let owner_pw = veil_crypto::random::one_time_password();
+    config.admin_password = Some(owner_pw.clone());
+    let _scratch = match &a.database_url {
+        Some(url) => {
+            let db = ScratchDatabase::create(url)
+                .await
+                .context("cannot create a scratch database on the given server")?;
+            config.database_url = Some(db.url().to_string());
+            Some(db)
+        }
+        None => None,
+    };
+    let node = RunningNode::start(config).await?;
+    let anon = Client::new(&node.url)?;
+    let owner = anon.with_token(anon.login("owner@localhost", &owner_pw).await?.token);
+    let created = owner
+        .create_user("bench@bench.local", "data-scientist")
+        .await?;
+    let first = anon.with_token(
+        anon.login("bench@bench.local", &created.one_time_password)
+            .await?
+            .token,
+    );
+    let pw = veil_crypto::random::one_time_password();
+    first
+        .change_password(&created.one_time_password, &pw)
+        .await?;
+    let user = anon.with_token(anon.login("bench@bench.local", &pw).await?.token);
+    owner
+        .set_budget(
+            "bench@bench.local",
+            &veil_api_types::SetBudgetRequest {
+                dataset: None,
+                epsilon: 1_000_000.0,
+                delta: 0.0,
+            },
+        )
+        .await?;
+
+    if !json {
+        eprintln!(
+            "measuring {} s with {} clients on {} …",
+            a.seconds,
+            a.clients,
+            node.core.store().backend_name()
+        );
+    }
+    let c = user.clone();
+    let (lat, elapsed) = load(a.clients, a.seconds, move || {
+        let c = c.clone();
+        async move {
+            c.me().await?;
+            Ok(())
+        }
+    })
+    .await?;
+    let requests = summarize("authenticated GET /api/v1/me (HTTP)", lat, elapsed);
+
+    let principal = Arc::new(
+        node.core
+            .authenticate(&anon.login("bench@bench.local", &pw).await?.token)
+            .await?,
+    );
+    let core = node.core.clone();
+    let (lat, elapsed) = load(a.clients, a.seconds, move || {
+        let core = core.clone();
+        let principal = principal.clone();
+        async move {
+            core.spend(
+                &principal,
+                &Spend {
+                    dataset: None,
+                    epsilon: Epsilon::from_units(1),
+                    delta: Delta::ZERO,
+                    purpose: "bench".into(),
+                    reference: "bench".into(),
+                    details: serde_json::json!({}),
+                },
+            )
+            .await?;
+            Ok(())
+        }
+    })
+    .await?;
+    let debits = summarize(
+        "budget debit (ledger + audit, one transaction)",
+        lat,
+        elapsed,
+    );
+
+    let report = Report {
+        store: node.core.store().backend_name().into(),
+        clients: a.clients,
+        seconds: a.seconds,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        measurements: vec![requests, debits],
+    };
+    node.stop().await?;
+    if json {
+        print_json(&report)?;
+    } else {
+        println!(
+            "store {}, {} concurrent clients, {} s each, {} cores (load generator in the same process)",
+            report.store, report.clients, report.seconds, report.cores
+        );
+        let mut t = Table::new(&["MEASUREMENT", "OPS", "OPS/S", "P50 MS", "P99 MS", "MAX MS"]);
+        for m in &report.measurements {
+            t.row(vec![
+                m.name.clone(),
+                m.operations.to_string(),
+                format!("{:.0}", m.per_second),
+                format!("{:.2}", m.p50_ms),
+                format!("{:.2}", m.p99_ms),
+                format!("{:.2}", m.max_ms),
+            ]);
+        }
+        print!("{}", t.render());
+    }
+    Ok(ExitCode::SUCCESS)
+}
