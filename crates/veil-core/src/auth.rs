@@ -322,19 +322,10 @@ impl Core {
         {
             return Ok(None);
         }
-        let otp = OneTimePassword::generate();
-        let hash = self.hash_password(otp.expose().to_string()).await?;
-        self.store
-            .create_user(
-                &NewUser {
-                    email: email.to_string(),
-                    role: role.to_string(),
-                    password_hash: hash,
-                    must_change_password: true,
-                },
-                NewAuditEntry::new(SYSTEM, "user.create", format!("user:{email}"))
-                    .details(json!({"role": role, "bootstrap": true, "one_time_password": true})),
-            )
+        let audit = NewAuditEntry::new(SYSTEM, "user.create", format!("user:{email}"))
+            .details(json!({"role": role, "bootstrap": true, "one_time_password": true}));
+        let (_, otp) = self
+            .insert_with_one_time_password(&email, role, audit)
             .await?;
         Ok(Some(otp))
     }

@@ -60,6 +60,23 @@ impl Core {
         let email = Email::parse(email).map_err(|e| CoreError::InvalidInput(e.to_string()))?;
         let role = RoleName::parse(role).map_err(|e| CoreError::InvalidInput(e.to_string()))?;
         p.ensure_can_grant(&self.role_permissions(role.as_str()).await?)?;
+        self.insert_with_one_time_password(
+            &email,
+            role.as_str(),
+            NewAuditEntry::new(p.email(), "user.create", format!("user:{email}"))
+                .details(json!({"role": role.as_str()})),
+        )
+        .await
+    }
+
+    /// Stores a new user whose password is a fresh one-time password (to be replaced at first
+    /// login), with `audit` written in the same transaction.
+    pub(crate) async fn insert_with_one_time_password(
+        &self,
+        email: &Email,
+        role: &str,
+        audit: NewAuditEntry,
+    ) -> Result<(User, OneTimePassword)> {
         let otp = OneTimePassword::generate();
         let hash = self.hash_password(otp.expose().to_string()).await?;
         let user = self
@@ -71,8 +88,7 @@ impl Core {
                     password_hash: hash,
                     must_change_password: true,
                 },
-                NewAuditEntry::new(p.email(), "user.create", format!("user:{email}"))
-                    .details(json!({"role": role.as_str()})),
+                audit,
             )
             .await?;
         Ok((user, otp))

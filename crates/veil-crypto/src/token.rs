@@ -83,7 +83,8 @@ impl std::fmt::Debug for ParsedToken {
 impl ParsedToken {
     pub fn parse(bearer: &str) -> Result<Self, TokenError> {
         let bytes = bearer.as_bytes();
-        let well_formed = bytes.len() == PREFIX.len() + ID_LEN + 1 + SECRET_LEN
+        let well_formed = bearer.is_ascii()
+            && bytes.len() == PREFIX.len() + ID_LEN + 1 + SECRET_LEN
             && bearer.starts_with(PREFIX)
             && bytes[PREFIX.len() + ID_LEN] == b'_'
             && bearer[PREFIX.len()..PREFIX.len() + ID_LEN]
@@ -150,6 +151,7 @@ mod tests {
             "xxxx_0123456789ab_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
             "veil_0123456789ab-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
             "veil_0123456789ab_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa€",
+            "veil_0123456789é_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
         ] {
             assert!(ParsedToken::parse(bad).is_err(), "{bad:?}");
         }

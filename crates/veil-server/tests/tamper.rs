@@ -29,6 +29,18 @@ async fn checkpoint(node: &TestNode) {
     db.close().await.expect("close");
 }
 
+/// Runs statements on the node's database file, as someone with access to the file would.
+async fn attack(node: &TestNode, statements: &[String]) {
+    let mut db = raw_db(node).await;
+    for sql in statements {
+        sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .execute(&mut db)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    db.close().await.expect("close");
+}
+
 async fn seq_of(node: &TestNode, target: &str) -> u64 {
     let mut db = raw_db(node).await;
     let seq: i64 =
@@ -86,16 +98,14 @@ async fn editing_a_byte_of_the_database_file_is_found() {
 async fn deleting_or_cutting_off_entries_is_found() {
     let mut node = populated().await;
     node.stop().await;
-    let mut db = raw_db(&node).await;
-    sqlx::query("DROP TRIGGER audit_log_no_delete")
-        .execute(&mut db)
-        .await
-        .expect("attacker drops the guard");
-    sqlx::query("DELETE FROM audit_log WHERE seq = 4")
-        .execute(&mut db)
-        .await
-        .expect("delete");
-    db.close().await.expect("close");
+    attack(
+        &node,
+        &[
+            "DROP TRIGGER audit_log_no_delete".into(),
+            "DELETE FROM audit_log WHERE seq = 4".into(),
+        ],
+    )
+    .await;
     node.restart().await;
     let bad = node
         .owner()
@@ -119,16 +129,15 @@ async fn deleting_or_cutting_off_entries_is_found() {
         .fetch_one(&mut db)
         .await
         .expect("max");
-    sqlx::query("DROP TRIGGER audit_log_no_delete")
-        .execute(&mut db)
-        .await
-        .expect("drop guard");
-    sqlx::query("DELETE FROM audit_log WHERE seq >= ?")
-        .bind(last - 1)
-        .execute(&mut db)
-        .await
-        .expect("truncate");
     db.close().await.expect("close");
+    attack(
+        &node,
+        &[
+            "DROP TRIGGER audit_log_no_delete".into(),
+            format!("DELETE FROM audit_log WHERE seq >= {}", last - 1),
+        ],
+    )
+    .await;
     node.restart().await;
     let bad = node
         .owner()
