@@ -47,11 +47,13 @@ error_codes! {
     BudgetExhausted => ("budget_exhausted", 403, "The privacy budget cannot pay for this request; nothing was computed."),
     NotFound => ("not_found", 404, "No such endpoint."),
     UserNotFound => ("user_not_found", 404, "No such user."),
+    DatasetNotFound => ("dataset_not_found", 404, "No such dataset."),
     RoleNotFound => ("role_not_found", 404, "No such role."),
     TokenNotFound => ("token_not_found", 404, "No such active token of yours."),
     MethodNotAllowed => ("method_not_allowed", 405, "The endpoint does not accept this HTTP method."),
     UserExists => ("user_exists", 409, "A user with this email already exists."),
     RoleExists => ("role_exists", 409, "A role with this name already exists."),
+    DatasetExists => ("dataset_exists", 409, "A dataset with this name already exists."),
     TokenNameTaken => ("token_name_taken", 409, "You already have an active token with this name."),
     RoleInUse => ("role_in_use", 409, "The role is still assigned to users."),
     PresetRole => ("preset_role", 409, "Preset roles cannot be created, changed or deleted."),
@@ -62,6 +64,11 @@ error_codes! {
     UnsupportedMediaType => ("unsupported_media_type", 415, "The body must be sent as application/json."),
     PayloadTooLarge => ("payload_too_large", 413, "The body exceeds the node's size limit."),
     WeakPassword => ("weak_password", 422, "The new password does not meet the password policy."),
+    InvalidManifest => ("invalid_manifest", 400, "The dataset schema manifest is invalid."),
+    UploadRejected => ("upload_rejected", 422, "Rows break the manifest; `details` lists the first ones. Nothing was stored."),
+    UploadMalformed => ("upload_malformed", 422, "The file cannot be read as the declared format or its columns do not match the manifest."),
+    QueryRefused => ("query_refused", 422, "The query is outside the supported DP subset, or its privacy parameters cannot be met. Nothing was charged."),
+    QueryFailed => ("query_failed", 500, "The query failed after its privacy cost was charged."),
     Timeout => ("timeout", 408, "The request took longer than the node allows."),
     Internal => ("internal", 500, "The node failed; details are in its log, not in this response."),
 }
@@ -87,6 +94,9 @@ pub struct ErrorDetail {
     /// Seconds to wait before retrying (`rate_limited` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_secs: Option<u64>,
+    /// Structured detail for some codes (`upload_rejected`: the offending rows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
 }
 
 #[cfg(test)]

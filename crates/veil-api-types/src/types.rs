@@ -297,3 +297,171 @@ pub struct AuditBreakView {
     pub seq: u64,
     pub reason: String,
 }
+
+/// The privacy unit of a dataset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PrivacyUnitView {
+    /// `row` or `id`.
+    pub kind: String,
+    /// For `id`: the identifier column.
+    pub column: Option<String>,
+    /// Rows one unit may contribute (1 for `row`).
+    pub max_rows: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ColumnView {
+    pub name: String,
+    /// int, float, category, date, bool, id or text.
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub nullable: bool,
+    /// For int, float and date columns: the declared public bounds.
+    pub bounds: Option<Vec<serde_json::Value>>,
+    pub categories: Option<Vec<String>>,
+    pub description: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DatasetView {
+    pub name: String,
+    pub description: String,
+    pub privacy_unit: PrivacyUnitView,
+    pub columns: Vec<ColumnView>,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    /// `auto` or `review`.
+    pub policy: String,
+    /// Exact size, shown only to holders of `datasets:manage`.
+    pub rows: Option<u64>,
+    pub bytes_stored: Option<u64>,
+    /// Cap on what all users together may spend; absent for none.
+    pub epsilon_cap: Option<f64>,
+    pub delta_cap: Option<f64>,
+    pub epsilon_spent: f64,
+    pub delta_spent: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct UploadParams {
+    /// `csv` (default) or `parquet`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+}
+
+/// Multipart form for an upload: the manifest first, then the file.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct UploadForm {
+    /// The schema manifest (TOML).
+    pub manifest: String,
+    /// The data (CSV with a header row, or Parquet).
+    #[schema(value_type = String, format = Binary)]
+    pub file: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetUpdateRequest {
+    /// New global ε cap; `null` removes it; absent leaves it.
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<f64>)]
+    pub epsilon_cap: Option<Option<f64>>,
+    #[serde(
+        default,
+        deserialize_with = "double_option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<f64>)]
+    pub delta_cap: Option<Option<f64>>,
+    /// `auto` or `review`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+}
+
+/// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
+fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct MockParams {
+    /// How many synthetic rows (1–1000, default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MockView {
+    /// Always true: these rows are drawn from the manifest's domains, not from the data.
+    pub synthetic: bool,
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<serde_json::Value>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueryRequest {
+    pub sql: String,
+    pub epsilon: f64,
+    #[serde(default)]
+    pub delta: f64,
+    /// Confidence level of the intervals (default 0.95).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
+    /// `auto` (default), `laplace` or `gaussian`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mechanism: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ResultColumnView {
+    pub name: String,
+    /// `key` or `aggregate`.
+    pub kind: String,
+    pub expression: Option<String>,
+    pub mechanism: Option<String>,
+    /// Noise scale per exact measure, in the column's units.
+    pub noise_scales: Vec<f64>,
+    /// ε spent on this column (pure-DP releases).
+    pub epsilon: Option<f64>,
+}
+
+/// One released cell: a group key, or a noisy value with its interval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum CellView {
+    Key {
+        value: Option<String>,
+    },
+    Value {
+        value: f64,
+        low: Option<f64>,
+        high: Option<f64>,
+        /// Quantiles: rank accuracy instead of a value interval.
+        rank_error: Option<f64>,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QueryResponse {
+    pub columns: Vec<ResultColumnView>,
+    pub rows: Vec<Vec<CellView>>,
+    pub epsilon_spent: f64,
+    pub delta_spent: f64,
+    pub confidence: f64,
+    pub mechanism: String,
+    pub notes: Vec<String>,
+    /// The budgets charged, after this query.
+    pub budgets: Vec<BudgetView>,
+}

@@ -15,7 +15,7 @@ use veil_types::Permission;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::handlers::{audit, auth, budgets, roles, system, tokens, users};
+use crate::handlers::{audit, auth, budgets, datasets, roles, system, tokens, users};
 
 /// Who may call an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +38,8 @@ pub struct Endpoint {
     /// The axum path template, e.g. `/api/v1/users/{user}`.
     pub path: &'static str,
     pub access: Access,
+    /// Streams its own (large) body and enforces its own size limit.
+    pub streaming_body: bool,
     route: fn() -> MethodRouter<AppState>,
 }
 
@@ -47,7 +49,14 @@ macro_rules! endpoint {
             method: Method::$method,
             path: $path,
             access: $access,
+            streaming_body: false,
             route: || axum::routing::on(MethodFilter::$method, $handler),
+        }
+    };
+    ($method:ident $path:literal, $access:expr, $handler:path, streaming) => {
+        Endpoint {
+            streaming_body: true,
+            ..endpoint!($method $path, $access, $handler)
         }
     };
 }
@@ -82,13 +91,24 @@ pub fn endpoints() -> Vec<Endpoint> {
         endpoint!(GET "/api/v1/permissions", Permission(P::RolesRead), roles::permissions),
         endpoint!(GET "/api/v1/audit", Permission(P::AuditRead), audit::list),
         endpoint!(GET "/api/v1/audit/verify", Permission(P::AuditRead), audit::verify),
+        endpoint!(GET "/api/v1/datasets", Permission(P::DatasetsReadMetadata), datasets::list),
+        endpoint!(GET "/api/v1/datasets/{name}", Permission(P::DatasetsReadMetadata), datasets::show),
+        endpoint!(PUT "/api/v1/datasets/{name}", Permission(P::DatasetsManage), datasets::upload, streaming),
+        endpoint!(PATCH "/api/v1/datasets/{name}", Permission(P::DatasetsManage), datasets::update),
+        endpoint!(DELETE "/api/v1/datasets/{name}", Permission(P::DatasetsManage), datasets::delete),
+        endpoint!(GET "/api/v1/datasets/{name}/mock", Permission(P::DatasetsMock), datasets::mock),
+        endpoint!(POST "/api/v1/datasets/{name}/query", Permission(P::QueriesRun), datasets::query),
     ]
 }
 
 impl Endpoint {
     /// This endpoint's handler, wrapped in its access check.
     pub(crate) fn method_router(&self, state: AppState) -> MethodRouter<AppState> {
-        let route = (self.route)();
+        let mut route = (self.route)();
+        if self.streaming_body {
+            // The handler streams the body and applies the upload limit itself.
+            route = route.layer(axum::extract::DefaultBodyLimit::disable());
+        }
         if self.access == Access::Public {
             return route;
         }

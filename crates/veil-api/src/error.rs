@@ -18,6 +18,7 @@ pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
     pub retry_after_secs: Option<u64>,
+    pub details: Option<serde_json::Value>,
 }
 
 impl ApiError {
@@ -26,6 +27,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after_secs: None,
+            details: None,
         }
     }
 
@@ -55,6 +57,14 @@ impl From<CoreError> for ApiError {
             CoreError::NotFound(NotFound::User) => ErrorCode::UserNotFound,
             CoreError::NotFound(NotFound::Role) => ErrorCode::RoleNotFound,
             CoreError::NotFound(NotFound::Token) => ErrorCode::TokenNotFound,
+            CoreError::NotFound(NotFound::Dataset) => ErrorCode::DatasetNotFound,
+            CoreError::Conflict(Conflict::DatasetExists) => ErrorCode::DatasetExists,
+            CoreError::InvalidManifest(_) => ErrorCode::InvalidManifest,
+            CoreError::UploadRejected { .. } => ErrorCode::UploadRejected,
+            CoreError::UploadMalformed(_) => ErrorCode::UploadMalformed,
+            CoreError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            CoreError::QueryRefused(_) => ErrorCode::QueryRefused,
+            CoreError::QueryFailed => ErrorCode::QueryFailed,
             CoreError::Conflict(Conflict::UserExists) => ErrorCode::UserExists,
             CoreError::Conflict(Conflict::RoleExists) => ErrorCode::RoleExists,
             CoreError::Conflict(Conflict::TokenNameTaken) => ErrorCode::TokenNameTaken,
@@ -67,14 +77,24 @@ impl From<CoreError> for ApiError {
             CoreError::NoBudget | CoreError::BudgetExhausted { .. } => ErrorCode::BudgetExhausted,
             CoreError::Internal(detail) => return ApiError::internal(detail),
         };
-        let retry_after_secs = match e {
-            CoreError::RateLimited { retry_after_secs } => Some(retry_after_secs),
+        let retry_after_secs = match &e {
+            CoreError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            _ => None,
+        };
+        let details = match &e {
+            CoreError::UploadRejected { violations, count } => Some(serde_json::json!({
+                "problems": count,
+                "rows": violations.iter().map(|v| serde_json::json!({
+                    "row": v.row, "column": v.column, "reason": v.reason,
+                })).collect::<Vec<_>>(),
+            })),
             _ => None,
         };
         Self {
             code,
             message: e.to_string(),
             retry_after_secs,
+            details,
         }
     }
 }
@@ -88,6 +108,7 @@ impl IntoResponse for ApiError {
                 code: self.code.as_str().to_string(),
                 message: self.message,
                 retry_after_secs: self.retry_after_secs,
+                details: self.details,
             },
         };
         let mut resp = (status, Json(body)).into_response();

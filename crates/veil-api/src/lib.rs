@@ -52,7 +52,7 @@ impl Default for ApiConfig {
         Self {
             body_limit: 1024 * 1024,
             cors_origins: Vec::new(),
-            request_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(600),
         }
     }
 }

@@ -6,7 +6,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::handlers::{audit, auth, budgets, roles, system, tokens, users};
+use crate::handlers::{audit, auth, budgets, datasets, roles, system, tokens, users};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -23,6 +23,8 @@ use crate::handlers::{audit, auth, budgets, roles, system, tokens, users};
         users::list, users::create, users::show, users::update, users::reset_password,
         roles::list, roles::create, roles::show, roles::delete, roles::permissions,
         audit::list, audit::verify,
+        datasets::list, datasets::show, datasets::upload, datasets::update, datasets::delete,
+        datasets::mock, datasets::query,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -33,6 +35,7 @@ use crate::handlers::{audit, auth, budgets, roles, system, tokens, users};
         (name = "tokens", description = "Named API tokens"),
         (name = "budgets", description = "Privacy budgets in (ε, δ)"),
         (name = "audit", description = "The hash-chained audit log"),
+        (name = "datasets", description = "Encrypted datasets and differentially private queries"),
     )
 )]
 struct ApiDoc;

@@ -23,6 +23,7 @@ pub enum ClientError {
         code: String,
         message: String,
         retry_after_secs: Option<u64>,
+        details: Option<serde_json::Value>,
     },
     /// The node could not be reached, or the connection failed.
     #[error("cannot reach the node at {url}: {source}")]
@@ -155,6 +156,7 @@ impl Client {
                 code: body.error.code,
                 message: body.error.message,
                 retry_after_secs: body.error.retry_after_secs,
+                details: body.error.details,
             }),
             Err(_) => Err(ClientError::Protocol {
                 status,
@@ -361,6 +363,92 @@ impl Client {
 
     pub async fn verify_audit(&self) -> Result<AuditVerifyView> {
         self.get("api/v1/audit/verify").await
+    }
+
+    // ---- datasets
+
+    pub async fn list_datasets(&self) -> Result<Vec<DatasetView>> {
+        self.get("api/v1/datasets").await
+    }
+
+    pub async fn get_dataset(&self, name: &str) -> Result<DatasetView> {
+        self.get(&format!("api/v1/datasets/{}", segment(name)))
+            .await
+    }
+
+    /// Uploads a dataset, streaming `file` (of `len` bytes) and calling `progress` with the
+    /// bytes sent so far. `format` is `csv` or `parquet`.
+    pub async fn upload_dataset<S>(
+        &self,
+        name: &str,
+        manifest: &str,
+        format: &str,
+        file: S,
+        len: u64,
+    ) -> Result<DatasetView>
+    where
+        S: futures_core::Stream<Item = std::result::Result<bytes::Bytes, std::io::Error>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        let form = reqwest::multipart::Form::new()
+            .text("manifest", manifest.to_string())
+            .part(
+                "file",
+                reqwest::multipart::Part::stream_with_length(reqwest::Body::wrap_stream(file), len)
+                    .file_name(format!("{name}.{format}")),
+            );
+        let rb = self
+            .request(Method::PUT, &format!("api/v1/datasets/{}", segment(name)))?
+            .query(&[("format", format)])
+            .multipart(form)
+            .timeout(Duration::from_secs(24 * 3600));
+        self.json(rb).await
+    }
+
+    pub async fn delete_dataset(&self, name: &str) -> Result<()> {
+        self.no_content(self.request(
+            Method::DELETE,
+            &format!("api/v1/datasets/{}", segment(name)),
+        )?)
+        .await
+    }
+
+    pub async fn update_dataset(
+        &self,
+        name: &str,
+        req: &DatasetUpdateRequest,
+    ) -> Result<DatasetView> {
+        self.with_body(
+            Method::PATCH,
+            &format!("api/v1/datasets/{}", segment(name)),
+            req,
+        )
+        .await
+    }
+
+    pub async fn mock_dataset(&self, name: &str, rows: usize) -> Result<MockView> {
+        self.json(
+            self.request(
+                Method::GET,
+                &format!("api/v1/datasets/{}/mock", segment(name)),
+            )?
+            .query(&[("rows", rows)]),
+        )
+        .await
+    }
+
+    pub async fn query(&self, name: &str, req: &QueryRequest) -> Result<QueryResponse> {
+        self.json(
+            self.request(
+                Method::POST,
+                &format!("api/v1/datasets/{}/query", segment(name)),
+            )?
+            .json(req)
+            .timeout(Duration::from_secs(3600)),
+        )
+        .await
     }
 
     /// A raw request, for tests that need to send what the typed methods would not.

@@ -29,14 +29,42 @@ pub enum CoreError {
     #[error("no privacy budget has been set for you; ask an administrator")]
     NoBudget,
     #[error(
-        "privacy budget exhausted{}: ε {epsilon_remaining} and δ {delta_remaining} remain",
-        dataset.as_deref().map(|d| format!(" for dataset {d}")).unwrap_or_default()
+        "privacy budget exhausted{}: ε {} and δ {} remain",
+        match (dataset.as_deref(), global) {
+            (Some(d), true) => format!(" (dataset {d}'s cap for all users)"),
+            (Some(d), false) => format!(" for dataset {d}"),
+            _ => String::new(),
+        },
+        shown(*epsilon_remaining),
+        shown_delta(*delta_remaining)
     )]
     BudgetExhausted {
         dataset: Option<String>,
+        /// The dataset's global cap refused, not the user's own budget.
+        global: bool,
         epsilon_remaining: Epsilon,
         delta_remaining: Delta,
     },
+    #[error("invalid schema manifest: {0}")]
+    InvalidManifest(String),
+    /// Rows of an upload break the manifest; nothing was stored.
+    #[error("{count} row problem(s) found; nothing was stored")]
+    UploadRejected {
+        violations: Vec<veil_datasets::Violation>,
+        count: u64,
+    },
+    /// The uploaded file cannot be read as the declared format or has the wrong columns.
+    #[error("{0}")]
+    UploadMalformed(String),
+    #[error("the upload exceeds this node's limit of {limit} bytes")]
+    PayloadTooLarge { limit: u64 },
+    /// The query is outside the supported subset or the privacy parameters cannot be met.
+    #[error("query refused: {0}")]
+    QueryRefused(String),
+    /// Execution failed after the budget was charged. Deliberately uninformative: the way
+    /// a query fails must not depend on the private data.
+    #[error("the query could not be completed; its privacy cost was charged")]
+    QueryFailed,
     /// A failure that is not the caller's fault. The message is for logs only.
     #[error("internal error: {0}")]
     Internal(String),
@@ -50,6 +78,8 @@ pub enum NotFound {
     Role,
     #[error("no such active token")]
     Token,
+    #[error("no such dataset")]
+    Dataset,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -68,6 +98,8 @@ pub enum Conflict {
     LastOwner,
     #[error("you cannot {0} your own account")]
     SelfAction(&'static str),
+    #[error("a dataset with this name already exists; delete it first")]
+    DatasetExists,
 }
 
 impl From<veil_store::StoreError> for CoreError {
@@ -77,17 +109,36 @@ impl From<veil_store::StoreError> for CoreError {
             S::NotFound { what: "user" } => CoreError::NotFound(NotFound::User),
             S::NotFound { what: "role" } => CoreError::NotFound(NotFound::Role),
             S::NotFound { what: "token" } => CoreError::NotFound(NotFound::Token),
+            S::NotFound { what: "dataset" } => CoreError::NotFound(NotFound::Dataset),
+            S::Conflict { what: "dataset" } => CoreError::Conflict(Conflict::DatasetExists),
             S::Conflict { what: "user" } => CoreError::Conflict(Conflict::UserExists),
             S::Conflict { what: "role" } => CoreError::Conflict(Conflict::RoleExists),
             S::Conflict { what: "token" } => CoreError::Conflict(Conflict::TokenNameTaken),
             S::InUse { what: "role" } => CoreError::Conflict(Conflict::RoleInUse),
             S::NoBudget => CoreError::NoBudget,
             S::BudgetExhausted(r) => CoreError::BudgetExhausted {
+                global: r.global,
                 dataset: r.dataset,
                 epsilon_remaining: r.epsilon_remaining,
                 delta_remaining: r.delta_remaining,
             },
             other => CoreError::Internal(other.to_string()),
         }
+    }
+}
+
+fn shown(e: Epsilon) -> String {
+    if e.units() == u64::MAX {
+        "unlimited".into()
+    } else {
+        e.to_string()
+    }
+}
+
+fn shown_delta(d: Delta) -> String {
+    if d.units() == u64::MAX {
+        "unlimited".into()
+    } else {
+        d.to_string()
     }
 }

@@ -11,6 +11,7 @@ mod audit;
 mod auth;
 mod budgets;
 mod clock;
+mod datasets;
 pub mod error;
 mod password_policy;
 mod principal;
@@ -26,6 +27,7 @@ pub use audit::{AuditPage, VerifyReport};
 pub use auth::{LoginOutcome, OneTimePassword};
 pub use budgets::{BudgetReport, DebitOutcome, Spend};
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use datasets::{DatasetInfo, MockRows, QueryOutcome};
 pub use error::CoreError;
 pub use password_policy::PasswordPolicy;
 pub use principal::Principal;
@@ -49,6 +51,8 @@ pub struct CoreSettings {
     pub login_rate_limit: RateLimitSettings,
     /// How many Argon2 computations may run at once (each takes 19 MiB and ~50 ms of CPU).
     pub password_hash_concurrency: usize,
+    /// Largest dataset upload, in bytes.
+    pub upload_limit_bytes: u64,
 }
 
 impl Default for CoreSettings {
@@ -61,6 +65,7 @@ impl Default for CoreSettings {
             password_hash_concurrency: std::thread::available_parallelism()
                 .map(|n| n.get() * 2)
                 .unwrap_or(4),
+            upload_limit_bytes: 10 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -69,6 +74,7 @@ impl Default for CoreSettings {
 #[derive(Debug)]
 pub struct Core {
     store: Arc<dyn Store>,
+    datasets: Arc<veil_datasets::Storage>,
     audit_key: AuditKey,
     clock: Arc<dyn Clock>,
     settings: CoreSettings,
@@ -79,11 +85,13 @@ pub struct Core {
 impl Core {
     pub fn new(
         store: Arc<dyn Store>,
+        datasets: Arc<veil_datasets::Storage>,
         audit_key: AuditKey,
         clock: Arc<dyn Clock>,
         settings: CoreSettings,
     ) -> Self {
         Self {
+            datasets,
             login_limiter: rate_limit::RateLimiter::new(settings.login_rate_limit.clone()),
             hashing: Semaphore::new(settings.password_hash_concurrency.max(1)),
             store,

@@ -13,6 +13,13 @@ use crate::*;
 const START: i64 = 1_800_000_000_000_000;
 const OWNER_PW: &str = "owner passphrase horse battery";
 
+fn datasets(dir: &std::path::Path) -> Arc<veil_datasets::Storage> {
+    Arc::new(
+        veil_datasets::Storage::open(dir.join("datasets"), Arc::new(MasterKey::generate()))
+            .expect("dataset storage"),
+    )
+}
+
 struct Node {
     core: Core,
     clock: Arc<ManualClock>,
@@ -26,7 +33,13 @@ async fn node() -> Node {
         .await
         .expect("store");
     let clock = Arc::new(ManualClock::new(START));
-    let core = Core::new(Arc::new(store), key, clock.clone(), CoreSettings::default());
+    let core = Core::new(
+        Arc::new(store),
+        datasets(dir.path()),
+        key,
+        clock.clone(),
+        CoreSettings::default(),
+    );
     core.init().await.expect("init");
     let otp = core
         .bootstrap_owner("owner@localhost", Some(OWNER_PW))
@@ -101,6 +114,7 @@ async fn bootstrap_creates_one_owner_once_and_checks_the_given_password() {
         .expect("store");
     let core = Core::new(
         Arc::new(store),
+        datasets(dir.path()),
         key,
         Arc::new(SystemClock),
         CoreSettings::default(),

@@ -11,6 +11,7 @@ pub mod audit;
 pub mod keys;
 pub mod password;
 pub mod random;
+pub mod spool;
 pub mod token;
 
 pub use audit::{AuditKey, ChainInput, Digest, GENESIS_HASH};
@@ -22,4 +23,10 @@ pub use token::{ParsedToken, TokenError, TokenSecret};
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     use subtle::ConstantTimeEq;
     a.len() == b.len() && bool::from(a.ct_eq(b))
+}
+
+/// Hex SHA-256 of `data` (for audit references such as the hash of a query's text).
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(data))
 }

@@ -23,7 +23,18 @@ const ACCOUNTS: &[(&str, &str)] = &[
 const DEMO_EPSILON: f64 = 10.0;
 const DEMO_DELTA: f64 = 1e-5;
 
+/// Rows in the demo patients dataset.
+pub const DEMO_PATIENTS: usize = 5_000;
+
+/// Creates the demo accounts (returned with their one-time passwords, on first creation
+/// only) and loads the demo datasets.
 pub async fn seed(core: &Core) -> Result<Vec<DemoAccount>, CoreError> {
+    core.bootstrap_dataset(
+        "patients",
+        crate::demo_data::PATIENTS_MANIFEST,
+        crate::demo_data::patients_csv(DEMO_PATIENTS),
+    )
+    .await?;
     let mut created = Vec::new();
     for (email, role) in ACCOUNTS {
         if let Some(otp) = core.bootstrap_user(email, role).await? {

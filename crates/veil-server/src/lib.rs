@@ -4,6 +4,7 @@
 //! There is no global state: several nodes can run in one process (the tests do).
 
 pub mod demo;
+mod demo_data;
 mod master_key;
 pub mod testing;
 
@@ -213,8 +214,17 @@ pub async fn prepare(config: ServerConfig) -> Result<Prepared, StartError> {
         None => None,
     };
 
+    let datasets = Arc::new(
+        veil_datasets::Storage::open(config.data_dir.join("datasets"), Arc::new(master)).map_err(
+            |source| StartError::DataDir {
+                path: config.data_dir.join("datasets").display().to_string(),
+                source,
+            },
+        )?,
+    );
     let core = Arc::new(Core::new(
         store.as_dyn(),
+        datasets,
         audit_key,
         Arc::new(SystemClock),
         config.core.clone(),

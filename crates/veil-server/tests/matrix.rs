@@ -22,13 +22,25 @@ const ALL: &[&str] = &[
     "auditor",
 ];
 
-/// Who may call what, from PRODUCT.md: administrators manage users, roles and budgets;
-/// compliance officers read the audit log and (to review) users, roles and budgets; the other
-/// roles have no business with accounts. "auditor" is a custom role holding audit:read.
+/// Who may call what, from PRODUCT.md: administrators manage users, roles, budgets and
+/// datasets; compliance officers read the audit log and (to review) users, roles, budgets and
+/// the catalogue; data scientists browse datasets and mock data and run DP queries; guests
+/// browse the catalogue. "auditor" is a custom role holding audit:read and
+/// datasets:read-metadata.
 fn expected() -> BTreeMap<&'static str, &'static [&'static str]> {
     let admins: &[&str] = &["owner", "administrator"];
     let readers: &[&str] = &["owner", "administrator", "compliance-officer"];
     let auditors: &[&str] = &["owner", "compliance-officer", "auditor"];
+    let catalogue: &[&str] = &[
+        "owner",
+        "administrator",
+        "compliance-officer",
+        "data-scientist",
+        "guest",
+        "auditor",
+    ];
+    let mockers: &[&str] = &["owner", "administrator", "data-scientist"];
+    let analysts: &[&str] = &["owner", "data-scientist"];
     BTreeMap::from([
         ("GET /healthz", ALL),
         ("GET /metrics", ALL),
@@ -55,6 +67,13 @@ fn expected() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("GET /api/v1/permissions", readers),
         ("GET /api/v1/audit", auditors),
         ("GET /api/v1/audit/verify", auditors),
+        ("GET /api/v1/datasets", catalogue),
+        ("GET /api/v1/datasets/{name}", catalogue),
+        ("PUT /api/v1/datasets/{name}", admins),
+        ("PATCH /api/v1/datasets/{name}", admins),
+        ("DELETE /api/v1/datasets/{name}", admins),
+        ("GET /api/v1/datasets/{name}/mock", mockers),
+        ("POST /api/v1/datasets/{name}/query", analysts),
     ])
 }
 

@@ -202,6 +202,69 @@ async fn real_responses_validate_against_the_document() {
         &v(&owner.verify_audit().await.expect("verify")),
     );
 
+    // Datasets and a DP query.
+    let manifest = "[privacy]\nunit = \"row\"\n[columns.age]\ntype = \"int\"\nbounds = [0, 120]\n[columns.sex]\ntype = \"category\"\ncategories = [\"F\", \"M\"]";
+    let csv: String = std::iter::once("age,sex\n".to_string())
+        .chain((0..100).map(|i| format!("{},{}\n", i, if i % 2 == 0 { "F" } else { "M" })))
+        .collect();
+    let len = csv.len() as u64;
+    let uploaded = owner
+        .upload_dataset(
+            "people",
+            manifest,
+            "csv",
+            futures::stream::iter(vec![Ok::<_, std::io::Error>(bytes::Bytes::from(csv))]),
+            len,
+        )
+        .await
+        .expect("upload");
+    check(&doc, "put", "/api/v1/datasets/{name}", 201, &v(&uploaded));
+    check(
+        &doc,
+        "get",
+        "/api/v1/datasets",
+        200,
+        &v(&owner.list_datasets().await.expect("list")),
+    );
+    check(
+        &doc,
+        "get",
+        "/api/v1/datasets/{name}/mock",
+        200,
+        &v(&owner.mock_dataset("people", 3).await.expect("mock")),
+    );
+    owner
+        .set_budget(
+            OWNER,
+            &SetBudgetRequest {
+                dataset: None,
+                epsilon: 5.0,
+                delta: 1e-6,
+            },
+        )
+        .await
+        .expect("budget");
+    let answer = owner
+        .query(
+            "people",
+            &veil_api_types::QueryRequest {
+                sql: "SELECT sex, COUNT(*), AVG(age), MEDIAN(age) FROM people GROUP BY sex".into(),
+                epsilon: 1.0,
+                delta: 0.0,
+                confidence: None,
+                mechanism: None,
+            },
+        )
+        .await
+        .expect("query");
+    check(
+        &doc,
+        "post",
+        "/api/v1/datasets/{name}/query",
+        200,
+        &v(&answer),
+    );
+
     // Error bodies match ErrorBody.
     let (status, body) = owner
         .raw(

@@ -15,7 +15,7 @@ use sqlx::{Row as _, query, query_as};
 use veil_crypto::AuditKey;
 use veil_store::rows::{self, sql_amount, sql_seq};
 use veil_store::*;
-use veil_types::UserId;
+use veil_types::{Delta, Epsilon, UserId};
 
 pub mod testing;
 
@@ -160,8 +160,58 @@ impl PostgresStore {
                 let b = rows::budget(row).map_err(ChargeRefused::Store)?;
                 Err(ChargeRefused::Exhausted(BudgetRefusal {
                     dataset: b.dataset.clone(),
+                    global: false,
                     epsilon_remaining: b.epsilon_remaining(),
                     delta_remaining: b.delta_remaining(),
+                }))
+            }
+        }
+    }
+
+    /// Charges a dataset's global cap, if the dataset is recorded and has one.
+    async fn charge_dataset(
+        tx: &mut PgConnection,
+        debit: &DebitRequest,
+        dataset: &str,
+    ) -> Result<(), ChargeRefused> {
+        let done = query(
+            "UPDATE datasets SET epsilon_spent = epsilon_spent + $1, delta_spent = delta_spent + $2
+             WHERE name = $3
+               AND (epsilon_cap IS NULL OR epsilon_spent + $1 <= epsilon_cap)
+               AND (delta_cap IS NULL OR delta_spent + $2 <= delta_cap)",
+        )
+        .bind(sql_amount(debit.epsilon.units()))
+        .bind(sql_amount(debit.delta.units()))
+        .bind(dataset)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| ChargeRefused::Store(backend(e)))?;
+        if done.rows_affected() > 0 {
+            return Ok(());
+        }
+        let current = query_as::<_, rows::DatasetRow>(concat!(
+            "SELECT ",
+            veil_store::dataset_columns!(),
+            " FROM datasets WHERE name = $1"
+        ))
+        .bind(dataset)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| ChargeRefused::Store(backend(e)))?;
+        match current {
+            // Not a recorded dataset: there is no global cap to charge.
+            None => Ok(()),
+            Some(row) => {
+                let d = rows::dataset(row).map_err(ChargeRefused::Store)?;
+                Err(ChargeRefused::Exhausted(BudgetRefusal {
+                    dataset: Some(d.name),
+                    global: true,
+                    epsilon_remaining: d.epsilon_cap.map_or(Epsilon::from_units(u64::MAX), |c| {
+                        c.saturating_sub(d.epsilon_spent)
+                    }),
+                    delta_remaining: d.delta_cap.map_or(Delta::from_units(u64::MAX), |c| {
+                        c.saturating_sub(d.delta_spent)
+                    }),
                 }))
             }
         }
@@ -624,6 +674,9 @@ impl Store for PostgresStore {
         {
             budgets.push(b);
         }
+        if let Some(ds) = debit.dataset.as_deref() {
+            Self::charge_dataset(&mut tx, debit, ds).await?;
+        }
         let entry = self.append_in(&mut tx, &audit).await?;
         let ledger_id: i64 = query(
             "INSERT INTO budget_ledger (user_id, dataset, epsilon, delta, purpose, reference, audit_seq, at)
@@ -666,6 +719,115 @@ impl Store for PostgresStore {
         .into_iter()
         .map(rows::ledger)
         .collect()
+    }
+
+    async fn create_dataset(&self, d: &NewDataset, audit: NewAuditEntry) -> Result<DatasetRecord> {
+        let mut tx = self.begin().await?;
+        let row = query_as::<_, rows::DatasetRow>(concat!(
+            "INSERT INTO datasets (name, description, manifest, file_id, wrapped_key, row_count, bytes_stored, created_by, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING ",
+            veil_store::dataset_columns!()
+        ))
+        .bind(&d.name)
+        .bind(&d.description)
+        .bind(&d.manifest)
+        .bind(&d.file_id)
+        .bind(&d.wrapped_key)
+        .bind(sql_amount(d.rows))
+        .bind(sql_amount(d.bytes_stored))
+        .bind(&d.created_by)
+        .bind(now_micros())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| {
+            if is_unique(&e) {
+                StoreError::Conflict { what: "dataset" }
+            } else {
+                backend(e)
+            }
+        })?;
+        self.append_in(&mut tx, &audit).await?;
+        tx.commit().await.map_err(backend)?;
+        rows::dataset(row)
+    }
+
+    async fn get_dataset(&self, name: &str) -> Result<Option<DatasetRecord>> {
+        query_as::<_, rows::DatasetRow>(concat!(
+            "SELECT ",
+            veil_store::dataset_columns!(),
+            " FROM datasets WHERE name = $1"
+        ))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?
+        .map(rows::dataset)
+        .transpose()
+    }
+
+    async fn list_datasets(&self) -> Result<Vec<DatasetRecord>> {
+        query_as::<_, rows::DatasetRow>(concat!(
+            "SELECT ",
+            veil_store::dataset_columns!(),
+            " FROM datasets ORDER BY name"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?
+        .into_iter()
+        .map(rows::dataset)
+        .collect()
+    }
+
+    async fn delete_dataset(&self, name: &str, audit: NewAuditEntry) -> Result<DatasetRecord> {
+        let mut tx = self.begin().await?;
+        let row = query_as::<_, rows::DatasetRow>(concat!(
+            "DELETE FROM datasets WHERE name = $1 RETURNING ",
+            veil_store::dataset_columns!()
+        ))
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?
+        .ok_or(StoreError::NotFound { what: "dataset" })?;
+        self.append_in(&mut tx, &audit).await?;
+        tx.commit().await.map_err(backend)?;
+        rows::dataset(row)
+    }
+
+    async fn update_dataset(
+        &self,
+        name: &str,
+        settings: &DatasetSettings,
+        audit: NewAuditEntry,
+    ) -> Result<DatasetRecord> {
+        let mut tx = self.begin().await?;
+        let row = query_as::<_, rows::DatasetRow>(concat!(
+            "UPDATE datasets SET
+                 epsilon_cap = CASE WHEN $1 THEN $2 ELSE epsilon_cap END,
+                 delta_cap = CASE WHEN $3 THEN $4 ELSE delta_cap END,
+                 policy = COALESCE($5, policy)
+             WHERE name = $6 RETURNING ",
+            veil_store::dataset_columns!()
+        ))
+        .bind(settings.epsilon_cap.is_some())
+        .bind(
+            settings
+                .epsilon_cap
+                .flatten()
+                .map(|e| sql_amount(e.units())),
+        )
+        .bind(settings.delta_cap.is_some())
+        .bind(settings.delta_cap.flatten().map(|d| sql_amount(d.units())))
+        .bind(settings.policy.as_deref())
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?
+        .ok_or(StoreError::NotFound { what: "dataset" })?;
+        self.append_in(&mut tx, &audit).await?;
+        tx.commit().await.map_err(backend)?;
+        rows::dataset(row)
     }
 
     async fn append_audit(&self, entry: NewAuditEntry) -> Result<AuditEntry> {

@@ -50,6 +50,8 @@ macro_rules! conformance_tests {
             every_mutation_extends_a_valid_chain,
             concurrent_appends_keep_one_linear_chain,
             audit_filters,
+            datasets_round_trip,
+            dataset_global_cap_binds_all_users,
         );
     };
     (@each $make:expr; $($name:ident),+ $(,)?) => {
@@ -611,6 +613,7 @@ pub async fn debit_charges_and_refuses_past_the_cap(f: &dyn Fixture) {
     match refused {
         Err(StoreError::BudgetExhausted(r)) => {
             assert_eq!(r.dataset, None);
+            assert!(!r.global);
             assert_eq!(r.epsilon_remaining, eps(0.4));
         }
         other => panic!("expected BudgetExhausted, got {other:?}"),
@@ -876,4 +879,150 @@ pub async fn audit_filters(f: &dyn Fixture) {
         .await
         .expect("list");
     assert!(wild.is_empty());
+}
+
+fn new_dataset(name: &str) -> NewDataset {
+    NewDataset {
+        name: name.into(),
+        description: "synthetic".into(),
+        manifest: "[privacy]\nunit = \"row\"".into(),
+        file_id: format!("{name:0>32}"),
+        wrapped_key: vec![1, 2, 3],
+        rows: 1234,
+        bytes_stored: 5678,
+        created_by: "owner@localhost".into(),
+    }
+}
+
+pub async fn datasets_round_trip(f: &dyn Fixture) {
+    let store = seeded(f).await;
+    let d = store
+        .create_dataset(&new_dataset("patients"), audit("dataset.upload"))
+        .await
+        .expect("create");
+    assert_eq!(
+        (d.rows, d.bytes_stored, d.policy.as_str()),
+        (1234, 5678, "auto")
+    );
+    assert_eq!(d.epsilon_cap, None);
+    let dup = store
+        .create_dataset(&new_dataset("patients"), audit("dataset.upload"))
+        .await;
+    assert!(
+        matches!(dup, Err(StoreError::Conflict { what: "dataset" })),
+        "{dup:?}"
+    );
+    store
+        .create_dataset(&new_dataset("visits"), audit("dataset.upload"))
+        .await
+        .expect("second");
+    let names: Vec<String> = store
+        .list_datasets()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    assert_eq!(names, ["patients", "visits"]);
+
+    let updated = store
+        .update_dataset(
+            "patients",
+            &DatasetSettings {
+                epsilon_cap: Some(Some(eps(10.0))),
+                delta_cap: None,
+                policy: Some("review".into()),
+            },
+            audit("dataset.update"),
+        )
+        .await
+        .expect("update");
+    assert_eq!(updated.epsilon_cap, Some(eps(10.0)));
+    assert_eq!(updated.policy, "review");
+    let cleared = store
+        .update_dataset(
+            "patients",
+            &DatasetSettings {
+                epsilon_cap: Some(None),
+                ..DatasetSettings::default()
+            },
+            audit("dataset.update"),
+        )
+        .await
+        .expect("clear cap");
+    assert_eq!(
+        (cleared.epsilon_cap, cleared.policy.as_str()),
+        (None, "review")
+    );
+
+    let deleted = store
+        .delete_dataset("patients", audit("dataset.delete"))
+        .await
+        .expect("delete");
+    assert_eq!(deleted.wrapped_key, vec![1, 2, 3]);
+    assert_eq!(store.get_dataset("patients").await.expect("get"), None);
+    let again = store
+        .delete_dataset("patients", audit("dataset.delete"))
+        .await;
+    assert!(
+        matches!(again, Err(StoreError::NotFound { what: "dataset" })),
+        "{again:?}"
+    );
+    assert_chain_valid(f).await;
+}
+
+pub async fn dataset_global_cap_binds_all_users(f: &dyn Fixture) {
+    let store = seeded(f).await;
+    store
+        .create_dataset(&new_dataset("patients"), audit("dataset.upload"))
+        .await
+        .expect("create");
+    store
+        .update_dataset(
+            "patients",
+            &DatasetSettings {
+                epsilon_cap: Some(Some(eps(1.0))),
+                ..DatasetSettings::default()
+            },
+            audit("dataset.update"),
+        )
+        .await
+        .expect("cap");
+    let ana = user(store.as_ref(), "ana@lab.org", "data-scientist").await;
+    let bo = user(store.as_ref(), "bo@lab.org", "data-scientist").await;
+    for u in [&ana, &bo] {
+        set(store.as_ref(), u.id, None, 5.0, 0.0).await;
+    }
+    store
+        .debit_budget(
+            &debit(ana.id, 0.7, 0.0, Some("patients")),
+            audit("budget.debit"),
+        )
+        .await
+        .expect("ana fits");
+    let refused = store
+        .debit_budget(
+            &debit(bo.id, 0.5, 0.0, Some("patients")),
+            audit("budget.debit"),
+        )
+        .await;
+    match refused {
+        Err(StoreError::BudgetExhausted(r)) => {
+            assert!(r.global);
+            assert_eq!(r.dataset.as_deref(), Some("patients"));
+            assert_eq!(r.epsilon_remaining, eps(0.3));
+        }
+        other => panic!("expected the dataset's global cap to refuse, got {other:?}"),
+    }
+    // Bo's own budget was not charged by the refused debit.
+    assert_eq!(
+        store.list_budgets(bo.id).await.expect("list")[0].epsilon_spent,
+        Epsilon::ZERO
+    );
+    let d = store
+        .get_dataset("patients")
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(d.epsilon_spent, eps(0.7));
 }

@@ -52,6 +52,8 @@ pub enum StoreError {
 pub struct BudgetRefusal {
     /// `None` for the user's overall budget, `Some(dataset)` for a per-dataset one.
     pub dataset: Option<String>,
+    /// True when the refusing cap is the dataset's global cap (all users together).
+    pub global: bool,
     pub epsilon_remaining: Epsilon,
     pub delta_remaining: Delta,
 }
@@ -112,14 +114,30 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     // ---- budgets
     async fn set_budget(&self, budget: &BudgetCap, audit: NewAuditEntry) -> Result<Budget>;
     async fn list_budgets(&self, user_id: UserId) -> Result<Vec<Budget>>;
-    /// Debits a cost from the user's overall budget and, if one is set, their budget for the
-    /// dataset; writes the ledger entry and the audit entry; all in one transaction.
+    /// Debits a cost from the user's overall budget, their budget for the dataset if one is
+    /// set, and the dataset's global cap if it has one; writes the ledger entry and the audit
+    /// entry; all in one transaction.
     async fn debit_budget(
         &self,
         debit: &DebitRequest,
         audit: NewAuditEntry,
     ) -> Result<DebitReceipt>;
     async fn list_ledger(&self, user_id: UserId, limit: u32) -> Result<Vec<LedgerEntry>>;
+
+    // ---- datasets
+    /// Records a dataset; `Conflict` if the name is taken.
+    async fn create_dataset(&self, d: &NewDataset, audit: NewAuditEntry) -> Result<DatasetRecord>;
+    async fn get_dataset(&self, name: &str) -> Result<Option<DatasetRecord>>;
+    async fn list_datasets(&self) -> Result<Vec<DatasetRecord>>;
+    /// Deletes the record (and with it the wrapped key) and returns it, so the caller can
+    /// remove the file.
+    async fn delete_dataset(&self, name: &str, audit: NewAuditEntry) -> Result<DatasetRecord>;
+    async fn update_dataset(
+        &self,
+        name: &str,
+        settings: &DatasetSettings,
+        audit: NewAuditEntry,
+    ) -> Result<DatasetRecord>;
 
     // ---- audit
     /// Appends a standalone entry (for events that change no other state: logins, refusals).

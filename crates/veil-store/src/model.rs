@@ -344,3 +344,70 @@ impl Default for AuditFilter {
         }
     }
 }
+
+/// A dataset to record after its encrypted file was written.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NewDataset {
+    pub name: String,
+    pub description: String,
+    /// The schema manifest (TOML) as uploaded.
+    pub manifest: String,
+    pub file_id: String,
+    /// The dataset's data key, wrapped by the master key. Deleting the record destroys it.
+    pub wrapped_key: Vec<u8>,
+    pub rows: u64,
+    pub bytes_stored: u64,
+    pub created_by: String,
+}
+
+impl std::fmt::Debug for NewDataset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewDataset")
+            .field("name", &self.name)
+            .field("file_id", &self.file_id)
+            .field("rows", &self.rows)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatasetRecord {
+    pub name: String,
+    pub description: String,
+    pub manifest: String,
+    pub file_id: String,
+    pub wrapped_key: Vec<u8>,
+    pub rows: u64,
+    pub bytes_stored: u64,
+    pub created_by: String,
+    pub created_at: Timestamp,
+    /// A cap on what all users together may spend on this dataset; `None` for no cap.
+    pub epsilon_cap: Option<Epsilon>,
+    pub delta_cap: Option<Delta>,
+    pub epsilon_spent: Epsilon,
+    pub delta_spent: Delta,
+    /// `auto` or `review` (whether requests on this dataset need approval).
+    pub policy: String,
+}
+
+impl std::fmt::Debug for DatasetRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatasetRecord")
+            .field("name", &self.name)
+            .field("file_id", &self.file_id)
+            .field("rows", &self.rows)
+            .field("epsilon_cap", &self.epsilon_cap)
+            .field("epsilon_spent", &self.epsilon_spent)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Changes to a dataset's settings; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DatasetSettings {
+    /// `Some(None)` removes the cap.
+    pub epsilon_cap: Option<Option<Epsilon>>,
+    pub delta_cap: Option<Option<Delta>>,
+    pub policy: Option<String>,
+}

@@ -7,7 +7,8 @@
 use veil_types::{Delta, Epsilon, PermissionSet};
 
 use crate::{
-    AuditEntry, AuditHead, Budget, LedgerEntry, Role, StoreError, TokenKind, TokenRecord, User,
+    AuditEntry, AuditHead, Budget, DatasetRecord, LedgerEntry, Role, StoreError, TokenKind,
+    TokenRecord, User,
 };
 
 /// The column list matching the row tuple below, as a literal for `concat!`.
@@ -205,4 +206,47 @@ pub fn seq(v: i64) -> Result<u64, StoreError> {
 
 pub fn sql_seq(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The column list matching [`DatasetRow`], as a literal for `concat!`.
+#[macro_export]
+macro_rules! dataset_columns {
+    () => {
+        "name, description, manifest, file_id, wrapped_key, row_count, bytes_stored, created_by, created_at, epsilon_cap, delta_cap, epsilon_spent, delta_spent, policy"
+    };
+}
+pub type DatasetRow = (
+    String,
+    String,
+    String,
+    String,
+    Vec<u8>,
+    i64,
+    i64,
+    String,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    i64,
+    i64,
+    String,
+);
+
+pub fn dataset(r: DatasetRow) -> Result<DatasetRecord, StoreError> {
+    Ok(DatasetRecord {
+        name: r.0,
+        description: r.1,
+        manifest: r.2,
+        file_id: r.3,
+        wrapped_key: r.4,
+        rows: amount(r.5)?,
+        bytes_stored: amount(r.6)?,
+        created_by: r.7,
+        created_at: r.8,
+        epsilon_cap: r.9.map(amount).transpose()?.map(Epsilon::from_units),
+        delta_cap: r.10.map(amount).transpose()?.map(Delta::from_units),
+        epsilon_spent: Epsilon::from_units(amount(r.11)?),
+        delta_spent: Delta::from_units(amount(r.12)?),
+        policy: r.13,
+    })
 }

@@ -59,6 +59,11 @@ pub enum Command {
     /// Read and verify the audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Upload and browse private datasets.
+    #[command(subcommand)]
+    Datasets(DatasetsCmd),
+    /// Ask a differentially private SQL question of a dataset.
+    Query(QueryArgs),
     /// Measure a node's performance.
     Bench(BenchArgs),
 }
@@ -231,8 +236,15 @@ pub enum AuditCmd {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// What to measure: `api`.
+    /// What to measure: `api` (requests/s, budget debit latency) or `datasets` (upload
+    /// throughput, DP query overhead over plain DataFusion).
     pub target: String,
+    /// `datasets`: rows to generate.
+    #[arg(long, default_value_t = 10_000_000)]
+    pub rows: u64,
+    /// `datasets`: query runs (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
     /// postgres://… server to benchmark the PostgreSQL backend on (a scratch database is
     /// created and dropped there); default SQLite.
     #[arg(long)]
@@ -243,4 +255,67 @@ pub struct BenchArgs {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DatasetsCmd {
+    /// Upload a CSV or Parquet file with its schema manifest (stored encrypted).
+    Upload {
+        name: String,
+        /// The data: .csv (with a header row) or .parquet.
+        #[arg(long)]
+        file: PathBuf,
+        /// The schema manifest (TOML).
+        #[arg(long)]
+        schema: PathBuf,
+        /// csv or parquet [default: from the file extension].
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// List datasets.
+    List,
+    /// Show a dataset's schema, bounds and privacy unit.
+    Show { name: String },
+    /// Synthetic rows drawn from the declared schema only (never from the data).
+    Mock {
+        name: String,
+        #[arg(long, default_value_t = 10)]
+        rows: usize,
+    },
+    /// Delete a dataset: its key is destroyed and its file removed.
+    Delete { name: String },
+    /// Change a dataset's global privacy cap or review policy.
+    Set {
+        name: String,
+        /// Cap on ε spent by all users together.
+        #[arg(long)]
+        epsilon_cap: Option<f64>,
+        #[arg(long)]
+        delta_cap: Option<f64>,
+        /// Remove the global caps.
+        #[arg(long, conflicts_with_all = ["epsilon_cap", "delta_cap"])]
+        no_cap: bool,
+        /// auto or review.
+        #[arg(long)]
+        policy: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// The dataset to query.
+    pub dataset: String,
+    /// The SQL (aggregates only; see the README).
+    pub sql: String,
+    /// Privacy budget to spend on this query.
+    #[arg(long, allow_negative_numbers = true)]
+    pub epsilon: f64,
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub delta: f64,
+    /// Confidence level of the intervals.
+    #[arg(long, default_value_t = 0.95)]
+    pub confidence: f64,
+    /// auto, laplace or gaussian.
+    #[arg(long, default_value = "auto")]
+    pub mechanism: String,
 }

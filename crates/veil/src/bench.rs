@@ -90,7 +90,11 @@ where
 pub async fn run(a: BenchArgs, json: bool) -> Result<ExitCode> {
     match a.target.as_str() {
         "api" => api(a, json).await,
-        other => bail!("unknown benchmark {other:?}: available: api"),
+        "datasets" => {
+            crate::bench_datasets::run(a.rows, a.runs, json).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        other => bail!("unknown benchmark {other:?}: available: api, datasets"),
     }
 }
 

@@ -15,8 +15,8 @@ use crate::output::{Table, amount, fields, print_json, time};
 const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
 
 /// Where to connect and as whom, from flags, environment and the stored login.
-struct Session {
-    client: Client,
+pub(crate) struct Session {
+    pub(crate) client: Client,
     json: bool,
 }
 
@@ -89,6 +89,8 @@ pub async fn run(cmd: Command, g: &Global) -> Result<ExitCode> {
         Command::Tokens(c) => tokens(&session(g)?, c).await,
         Command::Budget(c) => budget(&session(g)?, c).await,
         Command::Audit(c) => audit(&session(g)?, c).await,
+        Command::Datasets(c) => crate::data::datasets(&session(g)?.client, g.json, c).await,
+        Command::Query(a) => crate::data::query(&session(g)?.client, g.json, a).await,
         Command::Serve(_) | Command::Bench(_) => unreachable!("dispatched in main"),
     }
 }

@@ -7,8 +7,10 @@
 
 mod args;
 mod bench;
+mod bench_datasets;
 mod commands;
 mod credentials;
+mod data;
 mod output;
 mod serve;
 
@@ -49,6 +51,12 @@ fn report(err: &anyhow::Error, json: bool) -> ExitCode {
         );
     } else {
         eprintln!("error: {err:#}");
+        if let Some(ClientError::Api {
+            details: Some(d), ..
+        }) = client_err
+        {
+            data::print_error_details(d);
+        }
         if let Some(hint) = client_err.and_then(hint) {
             eprintln!("hint: {hint}");
         }
@@ -67,9 +75,11 @@ fn exit_code(e: &ClientError) -> u8 {
             c if c.ends_with("_not_found") || c == "not_found" => 5,
             "user_exists" | "role_exists" | "token_name_taken" | "role_in_use" | "preset_role"
             | "last_owner" | "cannot_modify_self" => 6,
+            "dataset_exists" => 6,
             "budget_exhausted" => 7,
             "rate_limited" => 8,
-            "invalid_input" | "malformed_json" | "weak_password" => 2,
+            "invalid_input" | "malformed_json" | "weak_password" | "invalid_manifest"
+            | "upload_rejected" | "upload_malformed" | "query_refused" | "payload_too_large" => 2,
             _ => 1,
         },
         ClientError::Transport { .. } => 10,

@@ -462,3 +462,117 @@ fn unsafe_kill(pid: i32) -> i32 {
         .expect("kill runs");
     if status.success() { 0 } else { 1 }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datasets_and_queries_from_the_command_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = node(dir.path()).await;
+    let cli = Cli::new(&node.url);
+    cli.run_stdin(
+        &["login", "--email", "owner@localhost", "--password-stdin"],
+        &format!("{OWNER_PW}\n"),
+    );
+    let schema = dir.path().join("patients.toml");
+    std::fs::write(
+        &schema,
+        "[privacy]\nunit = \"row\"\n[columns.age]\ntype = \"int\"\nbounds = [0, 120]\n[columns.sex]\ntype = \"category\"\ncategories = [\"F\", \"M\"]\n[columns.income]\ntype = \"float\"\nbounds = [0.0, 500000.0]\n",
+    )
+    .expect("schema");
+    let data = dir.path().join("patients.csv");
+    let mut csv = String::from("age,sex,income\n");
+    for i in 0..500 {
+        csv.push_str(&format!(
+            "{},{},{}\n",
+            i % 90,
+            if i % 2 == 0 { "F" } else { "M" },
+            i * 100
+        ));
+    }
+    std::fs::write(&data, csv).expect("csv");
+
+    let out = cli.ok(&[
+        "datasets",
+        "upload",
+        "patients",
+        "--file",
+        data.to_str().expect("utf-8"),
+        "--schema",
+        schema.to_str().expect("utf-8"),
+    ]);
+    assert!(out.contains("uploaded patients: 500 rows"), "{out}");
+    assert!(cli.ok(&["datasets", "list"]).contains("patients"));
+    let show = cli.ok(&["datasets", "show", "patients"]);
+    assert!(
+        show.contains("one row") && show.contains("[0, 120]"),
+        "{show}"
+    );
+    let mock = cli.ok(&["datasets", "mock", "patients", "--rows", "3"]);
+    assert!(mock.starts_with("SYNTHETIC"), "{mock}");
+
+    cli.ok(&[
+        "budget",
+        "set",
+        "--user",
+        "owner@localhost",
+        "--epsilon",
+        "2",
+    ]);
+    let out = cli.ok(&[
+        "query",
+        "patients",
+        "--epsilon",
+        "0.5",
+        "SELECT sex, COUNT(*), AVG(age) FROM patients WHERE income > 20000 GROUP BY sex",
+    ]);
+    assert!(
+        out.contains("95% interval") && out.contains("discrete_laplace"),
+        "{out}"
+    );
+    assert!(out.contains("spent: ε 0.5"), "{out}");
+    assert!(out.contains("budget left (all datasets): ε 1.5"), "{out}");
+
+    let refused = cli.run(&[
+        "query",
+        "patients",
+        "--epsilon",
+        "0.2",
+        "SELECT * FROM patients",
+    ]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        stderr(&refused).contains("would return rows"),
+        "{}",
+        stderr(&refused)
+    );
+
+    let exhausted = cli.run(&[
+        "query",
+        "patients",
+        "--epsilon",
+        "5",
+        "SELECT COUNT(*) FROM patients",
+    ]);
+    assert_eq!(exhausted.status.code(), Some(7));
+
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "age,sex,income\n300,F,1\n").expect("bad");
+    let out = cli.run(&[
+        "datasets",
+        "upload",
+        "other",
+        "--file",
+        bad.to_str().expect("utf-8"),
+        "--schema",
+        schema.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("outside the bounds"),
+        "{}",
+        stderr(&out)
+    );
+
+    cli.ok(&["datasets", "delete", "patients"]);
+    let out = cli.run(&["datasets", "show", "patients"]);
+    assert_eq!(out.status.code(), Some(5));
+}

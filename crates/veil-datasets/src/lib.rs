@@ -1,0 +1,217 @@
+//! Encrypted dataset storage and query execution.
+//!
+//! Each dataset is one Parquet file under `<data dir>/datasets/`, encrypted with Parquet
+//! Modular Encryption (AES-256-GCM, encrypted footer, so column names and statistics are
+//! sealed too) under its own random 256-bit data key. The data key is stored only wrapped by
+//! the master key (in the metadata store, next to the dataset's record); deleting the record
+//! destroys the key. The file's AAD prefix is its id, so files cannot be swapped between
+//! datasets.
+//!
+//! [`Storage`] is the only holder of the master key on this path: callers get wrapped keys
+//! and hand them back; raw data keys never leave this crate.
+
+mod ingest;
+mod query;
+pub mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use veil_crypto::{DataKey, MasterKey, WrappedKey};
+use veil_dp::{CostedPlan, ExactResult, Manifest};
+
+pub use ingest::{Format, IngestError};
+pub use query::ExecError;
+pub use schema::Violation;
+
+/// Upload limits, set by the node.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest upload in bytes.
+    pub max_upload_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_upload_bytes: 10 * 1024 * 1024 * 1024,
+        }
+    }
+}
+
+/// A stored dataset file, as recorded in the metadata store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFile {
+    /// Random hex id: the file name and the encryption AAD.
+    pub file_id: String,
+    pub wrapped_key: WrappedKey,
+    pub rows: u64,
+    pub bytes_received: u64,
+    pub bytes_stored: u64,
+}
+
+#[derive(Debug)]
+pub struct Storage {
+    dir: PathBuf,
+    master: Arc<MasterKey>,
+    /// Threads a query may use.
+    threads: usize,
+}
+
+fn label(file_id: &str) -> String {
+    format!("dataset:{file_id}")
+}
+
+impl Storage {
+    /// Opens (creating) `dir` and removes temp files a crash may have left.
+    pub fn open(dir: impl Into<PathBuf>, master: Arc<MasterKey>) -> std::io::Result<Self> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        for entry in std::fs::read_dir(&dir)?.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(".tmp-") || name.starts_with(".spool-") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(Self {
+            dir,
+            master,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, file_id: &str) -> PathBuf {
+        self.dir.join(format!("{file_id}.parquet"))
+    }
+
+    fn valid_id(file_id: &str) -> bool {
+        file_id.len() == 32 && file_id.bytes().all(|b| b.is_ascii_hexdigit())
+    }
+
+    /// Streams an upload into a new encrypted file. Nothing is left behind on failure.
+    pub async fn ingest<S, E>(
+        &self,
+        manifest: &Manifest,
+        format: Format,
+        body: S,
+        limits: Limits,
+    ) -> Result<StoredFile, IngestError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let file_id = hex::encode(veil_crypto::random::bytes::<16>());
+        let key = DataKey::generate();
+        let wrapped_key = self.master.wrap(&key, &label(&file_id));
+        let job = ingest::Job {
+            manifest: manifest.clone(),
+            format,
+            key,
+            aad: file_id.clone(),
+            temp_path: self.dir.join(format!(".tmp-{file_id}.parquet")),
+            final_path: self.path(&file_id),
+            spool_path: self.dir.join(format!(".spool-{file_id}")),
+        };
+        let (tx, rx) = mpsc::channel::<Bytes>(16);
+        let worker = tokio::task::spawn_blocking(move || ingest::run(job, rx));
+        let mut received = 0u64;
+        let mut body = std::pin::pin!(body);
+        let mut failure = None;
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(bytes) => {
+                    received += bytes.len() as u64;
+                    if received > limits.max_upload_bytes {
+                        failure = Some(IngestError::TooLarge {
+                            limit: limits.max_upload_bytes,
+                        });
+                        break;
+                    }
+                    // The worker stops early on fatal problems; its result explains why.
+                    if tx.send(bytes).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    failure = Some(IngestError::Interrupted(e.to_string()));
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let result = worker
+            .await
+            .map_err(|e| IngestError::Io(format!("ingest worker failed: {e}")))?;
+        if let Some(f) = failure {
+            // The worker may have finished a partial file: remove it.
+            let _ = std::fs::remove_file(self.path(&file_id));
+            return Err(f);
+        }
+        let (rows, bytes_stored) = result?;
+        Ok(StoredFile {
+            file_id,
+            wrapped_key,
+            rows,
+            bytes_received: received,
+            bytes_stored,
+        })
+    }
+
+    /// Deletes a dataset's file (its key is destroyed by deleting its metadata record).
+    pub fn remove(&self, file_id: &str) -> std::io::Result<()> {
+        if !Self::valid_id(file_id) {
+            return Err(std::io::Error::other("invalid file id"));
+        }
+        match std::fs::remove_file(self.path(file_id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Computes a plan's exact measures over a dataset file.
+    pub async fn execute(
+        &self,
+        file_id: &str,
+        wrapped_key: &WrappedKey,
+        manifest: &Manifest,
+        costed: &CostedPlan,
+    ) -> Result<ExactResult, ExecError> {
+        if !Self::valid_id(file_id) {
+            return Err(ExecError("invalid file id".into()));
+        }
+        // DataFusion would read a missing file as an empty table, and answer zero.
+        let path = self.path(file_id);
+        if !path.is_file() {
+            return Err(ExecError(format!(
+                "dataset file {} is missing",
+                path.display()
+            )));
+        }
+        let key = self
+            .master
+            .unwrap_key(wrapped_key, &label(file_id))
+            .map_err(|e| ExecError(e.to_string()))?;
+        let file = query::FileRef {
+            path,
+            key,
+            aad: file_id.to_string(),
+        };
+        query::execute(file, manifest, costed, self.threads).await
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,481 @@
+//! Query execution: the plan's exact measures, rendered as DataFusion SQL over the encrypted
+//! file, read back into an [`ExactResult`].
+//!
+//! The SQL is generated here from the validated plan, never from the analyst's text, so it
+//! contains only quoted manifest column names and typed literals. Each query gets a fresh
+//! DataFusion runtime: no caches of decrypted metadata or statistics outlive it, and the
+//! file's key is handed over through an `EncryptionFactory` rather than table options (which
+//! are printed in plans and debug output).
+
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Date32Type, Int64Type};
+use async_trait::async_trait;
+use datafusion::config::{EncryptionFactoryOptions, TableParquetOptions};
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::execution::parquet_encryption::EncryptionFactory;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use parquet::encryption::decrypt::FileDecryptionProperties;
+use parquet::encryption::encrypt::FileEncryptionProperties;
+use veil_crypto::DataKey;
+use veil_dp::exact::{ExactResult, KeyValue, Measure, measures as plan_measures};
+use veil_dp::plan::{CmpOp, DateUnit, Filter, GroupKey, KeySet, Literal};
+use veil_dp::{CostedPlan, PrivacyUnit};
+
+/// The table name inside the per-query session.
+const TABLE: &str = "data";
+
+#[derive(Debug, thiserror::Error)]
+#[error("query execution failed: {0}")]
+pub struct ExecError(pub String);
+
+/// Gives DataFusion the file's decryption key, and nothing to anyone who prints it.
+struct Keys {
+    key: DataKey,
+    aad: Vec<u8>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keys([redacted])")
+    }
+}
+
+#[async_trait]
+impl EncryptionFactory for Keys {
+    async fn get_file_encryption_properties(
+        &self,
+        _config: &EncryptionFactoryOptions,
+        _schema: &arrow::datatypes::SchemaRef,
+        _path: &datafusion::object_store::path::Path,
+    ) -> datafusion::error::Result<Option<Arc<FileEncryptionProperties>>> {
+        // Queries never write.
+        Ok(None)
+    }
+
+    async fn get_file_decryption_properties(
+        &self,
+        _config: &EncryptionFactoryOptions,
+        _path: &datafusion::object_store::path::Path,
+    ) -> datafusion::error::Result<Option<Arc<FileDecryptionProperties>>> {
+        FileDecryptionProperties::builder(self.key.expose().to_vec())
+            .with_aad_prefix(self.aad.clone())
+            .build()
+            .map(Some)
+            .map_err(|e| datafusion::error::DataFusionError::External(Box::new(e)))
+    }
+}
+
+fn quote(col: &str) -> String {
+    // Column names are manifest identifiers ([a-z][a-z0-9_]*), so this quoting is exact.
+    format!("\"{col}\"")
+}
+
+fn literal(l: &Literal) -> String {
+    match l {
+        Literal::Int(i) => i.to_string(),
+        Literal::Float(f) => {
+            let s = format!("{f}");
+            if s.contains('.') || s.contains('e') {
+                s
+            } else {
+                format!("{s}.0")
+            }
+        }
+        Literal::Str(s) => format!("'{}'", s.replace('\'', "''")),
+        Literal::Date(d) => format!("CAST('{}' AS DATE)", veil_dp::manifest::format_date(*d)),
+        Literal::Bool(b) => {
+            if *b {
+                "TRUE".into()
+            } else {
+                "FALSE".into()
+            }
+        }
+    }
+}
+
+fn filter_sql(f: &Filter) -> String {
+    match f {
+        Filter::And(a, b) => format!("({} AND {})", filter_sql(a), filter_sql(b)),
+        Filter::Or(a, b) => format!("({} OR {})", filter_sql(a), filter_sql(b)),
+        Filter::Not(a) => format!("(NOT {})", filter_sql(a)),
+        Filter::Cmp { column, op, value } => {
+            let op = match op {
+                CmpOp::Eq => "=",
+                CmpOp::NotEq => "<>",
+                CmpOp::Lt => "<",
+                CmpOp::LtEq => "<=",
+                CmpOp::Gt => ">",
+                CmpOp::GtEq => ">=",
+            };
+            format!("({} {op} {})", quote(column), literal(value))
+        }
+        Filter::In {
+            column,
+            values,
+            negated,
+        } => format!(
+            "({} {}IN ({}))",
+            quote(column),
+            if *negated { "NOT " } else { "" },
+            values.iter().map(literal).collect::<Vec<_>>().join(", ")
+        ),
+        Filter::Between {
+            column,
+            low,
+            high,
+            negated,
+        } => format!(
+            "({} {}BETWEEN {} AND {})",
+            quote(column),
+            if *negated { "NOT " } else { "" },
+            literal(low),
+            literal(high)
+        ),
+        Filter::IsNull { column, negated } => {
+            format!(
+                "({} IS {}NULL)",
+                quote(column),
+                if *negated { "NOT " } else { "" }
+            )
+        }
+        Filter::IsTrue { column } => format!("({} = TRUE)", quote(column)),
+    }
+}
+
+fn key_sql(k: &GroupKey) -> String {
+    match &k.keys {
+        KeySet::Dates { unit, .. } => match unit {
+            DateUnit::Day => quote(&k.column),
+            DateUnit::Month => format!("CAST(date_trunc('month', {}) AS DATE)", quote(&k.column)),
+            DateUnit::Year => format!("CAST(date_trunc('year', {}) AS DATE)", quote(&k.column)),
+        },
+        _ => quote(&k.column),
+    }
+}
+
+fn num(x: f64) -> String {
+    let s = format!("{x}");
+    if s.contains('.') || s.contains('e') || s.contains("inf") {
+        s
+    } else {
+        format!("{s}.0")
+    }
+}
+
+/// SQL for the fixed-point image of a clamped column: `round(clamp(col) · 10^exp)`.
+fn fixed_sql(column: &str, lo: f64, hi: f64, exp: i32, integer_column: bool) -> String {
+    let clamped = if integer_column {
+        format!(
+            "LEAST(GREATEST({}, {}), {})",
+            quote(column),
+            lo as i64,
+            hi as i64
+        )
+    } else {
+        format!(
+            "LEAST(GREATEST(CAST({} AS DOUBLE), {}), {})",
+            quote(column),
+            num(lo),
+            num(hi)
+        )
+    };
+    if integer_column && exp == 0 {
+        format!("CAST({clamped} AS BIGINT)")
+    } else {
+        format!(
+            "CAST(ROUND(CAST({clamped} AS DOUBLE) * {}) AS BIGINT)",
+            num(10f64.powi(exp))
+        )
+    }
+}
+
+/// The rows the measures are computed over: filtered, and bounded per privacy unit.
+fn base_sql(plan: &veil_dp::QueryPlan) -> String {
+    let filter = plan
+        .filter
+        .as_ref()
+        .map(|f| format!(" WHERE {}", filter_sql(f)))
+        .unwrap_or_default();
+    match &plan.unit {
+        PrivacyUnit::Row => format!("SELECT * FROM {TABLE}{filter}"),
+        // At most `max_rows` rows per unit; which ones is arbitrary but depends only on that
+        // unit's own rows, so one unit still moves every measure by at most max_rows rows.
+        PrivacyUnit::Id { column, max_rows } => format!(
+            "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY {}) AS __veil_rn FROM {TABLE}{filter}) WHERE __veil_rn <= {max_rows}",
+            quote(column)
+        ),
+    }
+}
+
+fn is_integer_column(m: &veil_dp::Manifest, col: &str) -> bool {
+    matches!(
+        m.column(col).map(|c| &c.ty),
+        Some(veil_dp::ColumnType::Int { .. }) | Some(veil_dp::ColumnType::Date { .. })
+    )
+}
+
+fn numeric_sql(m: &veil_dp::Manifest, col: &str) -> String {
+    match m.column(col).map(|c| &c.ty) {
+        Some(veil_dp::ColumnType::Date { .. }) => format!("CAST({} AS INT)", quote(col)),
+        _ => quote(col),
+    }
+}
+
+/// Renders the scalar-measure query and one query per histogram measure.
+fn render(
+    plan: &veil_dp::QueryPlan,
+    manifest: &veil_dp::Manifest,
+    measures: &[Measure],
+) -> (String, Vec<(usize, String)>) {
+    let base = base_sql(plan);
+    let keys: Vec<String> = plan
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| format!("{} AS k{i}", key_sql(k)))
+        .collect();
+    let group_by = if plan.keys.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " GROUP BY {}",
+            (0..plan.keys.len())
+                .map(|i| format!("k{i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let mut selects = keys.clone();
+    let mut histograms = Vec::new();
+    for (i, m) in measures.iter().enumerate() {
+        match m {
+            Measure::Rows => selects.push(format!("COUNT(*) AS m{i}")),
+            Measure::NonNull(c) => selects.push(format!("COUNT({}) AS m{i}", quote(c))),
+            Measure::Sum { column, fixed, .. } => {
+                let (lo, hi) = m.bounds().unwrap_or((0.0, 0.0));
+                let expr = fixed_sql(
+                    column,
+                    lo,
+                    hi,
+                    fixed.exp,
+                    is_integer_column(manifest, column),
+                );
+                selects.push(format!("SUM({expr}) AS m{i}"));
+            }
+            Measure::SumSquares { column, fixed, .. } => {
+                let (lo, hi) = m.bounds().unwrap_or((0.0, 0.0));
+                let expr = fixed_sql(
+                    column,
+                    lo,
+                    hi,
+                    fixed.exp,
+                    is_integer_column(manifest, column),
+                );
+                selects.push(format!("SUM({expr} * {expr}) AS m{i}"));
+            }
+            Measure::Histogram {
+                column, candidates, ..
+            } => {
+                let (lo, hi) = m.bounds().unwrap_or((0.0, 0.0));
+                let width = if *candidates > 1 {
+                    (hi - lo) / (*candidates - 1) as f64
+                } else {
+                    1.0
+                };
+                let value = format!(
+                    "LEAST(GREATEST(CAST({} AS DOUBLE), {}), {})",
+                    numeric_sql(manifest, column),
+                    num(lo),
+                    num(hi)
+                );
+                let bucket = format!(
+                    "CAST(ROUND(({value} - {}) / {}) AS BIGINT)",
+                    num(lo),
+                    num(width)
+                );
+                let mut sel = keys.clone();
+                sel.push(format!("{bucket} AS b"));
+                sel.push("COUNT(*) AS n".into());
+                let mut gb: Vec<String> = (0..plan.keys.len()).map(|i| format!("k{i}")).collect();
+                gb.push("b".into());
+                histograms.push((
+                    i,
+                    format!(
+                        "SELECT {} FROM ({base}) WHERE {} IS NOT NULL GROUP BY {}",
+                        sel.join(", "),
+                        quote(column),
+                        gb.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    let scalar = if selects.len() > keys.len() {
+        format!("SELECT {} FROM ({base}){group_by}", selects.join(", "))
+    } else {
+        String::new()
+    };
+    (scalar, histograms)
+}
+
+fn key_value(col: &dyn Array, row: usize) -> Result<KeyValue, ExecError> {
+    if col.is_null(row) {
+        return Ok(KeyValue::Null);
+    }
+    Ok(match col.data_type() {
+        DataType::Utf8 => KeyValue::Str(col.as_string::<i32>().value(row).to_string()),
+        DataType::Utf8View => KeyValue::Str(col.as_string_view().value(row).to_string()),
+        DataType::LargeUtf8 => KeyValue::Str(col.as_string::<i64>().value(row).to_string()),
+        DataType::Int64 => KeyValue::Int(col.as_primitive::<Int64Type>().value(row)),
+        DataType::Boolean => KeyValue::Bool(col.as_boolean().value(row)),
+        DataType::Date32 => KeyValue::Date(col.as_primitive::<Date32Type>().value(row)),
+        other => return Err(ExecError(format!("unexpected key type {other}"))),
+    })
+}
+
+fn int_value(col: &dyn Array, row: usize) -> Result<i64, ExecError> {
+    if col.is_null(row) {
+        return Ok(0);
+    }
+    match col.data_type() {
+        DataType::Int64 => Ok(col.as_primitive::<Int64Type>().value(row)),
+        other => Err(ExecError(format!("unexpected measure type {other}"))),
+    }
+}
+
+/// A dataset file as the executor needs it.
+#[derive(Debug)]
+pub struct FileRef {
+    pub path: std::path::PathBuf,
+    pub key: DataKey,
+    pub aad: String,
+}
+
+/// Computes `costed`'s exact measures over the file.
+pub async fn execute(
+    file: FileRef,
+    manifest: &veil_dp::Manifest,
+    costed: &CostedPlan,
+    threads: usize,
+) -> Result<ExactResult, ExecError> {
+    let err = |e: datafusion::error::DataFusionError| ExecError(e.to_string());
+    let measures = plan_measures(&costed.plan);
+    let (scalar, histograms) = render(&costed.plan, manifest, &measures);
+
+    let runtime = RuntimeEnvBuilder::new()
+        .with_object_list_cache_limit(0)
+        .with_file_statistics_cache_limit(0)
+        .build_arc()
+        .map_err(err)?;
+    runtime.register_parquet_encryption_factory(
+        "veil",
+        Arc::new(Keys {
+            key: file.key,
+            aad: file.aad.into_bytes(),
+        }),
+    );
+    let config = SessionConfig::new()
+        .with_target_partitions(threads.max(1))
+        .with_collect_statistics(false);
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    let mut options = TableParquetOptions::default();
+    options.crypto.factory_id = Some("veil".into());
+    let listing = ListingOptions::new(Arc::new(ParquetFormat::new().with_options(options)))
+        .with_file_extension(".parquet");
+    let url = ListingTableUrl::parse(file.path.to_string_lossy()).map_err(err)?;
+    let schema = crate::schema::stored_schema(manifest);
+    let table = ListingTable::try_new(
+        ListingTableConfig::new(url)
+            .with_listing_options(listing)
+            .with_schema(schema),
+    )
+    .map_err(err)?;
+    ctx.register_table(TABLE, Arc::new(table)).map_err(err)?;
+
+    let mut exact = ExactResult::new(measures.clone());
+    let nkeys = costed.plan.keys.len();
+    if !scalar.is_empty() {
+        let batches = ctx
+            .sql(&scalar)
+            .await
+            .map_err(err)?
+            .collect()
+            .await
+            .map_err(err)?;
+        for b in &batches {
+            read_scalar(b, nkeys, &measures, &mut exact)?;
+        }
+    }
+    for (mi, sql) in histograms {
+        let batches = ctx
+            .sql(&sql)
+            .await
+            .map_err(err)?
+            .collect()
+            .await
+            .map_err(err)?;
+        for b in &batches {
+            for row in 0..b.num_rows() {
+                let key = (0..nkeys)
+                    .map(|k| key_value(b.column(k).as_ref(), row))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let bucket = int_value(b.column(nkeys).as_ref(), row)?;
+                let n = int_value(b.column(nkeys + 1).as_ref(), row)?;
+                exact.add(key, mi, usize::try_from(bucket).unwrap_or(usize::MAX), n);
+            }
+        }
+    }
+    Ok(exact)
+}
+
+fn read_scalar(
+    b: &RecordBatch,
+    nkeys: usize,
+    measures: &[Measure],
+    exact: &mut ExactResult,
+) -> Result<(), ExecError> {
+    let scalar_idx: Vec<usize> = measures
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| !matches!(m, Measure::Histogram { .. }))
+        .map(|(i, _)| i)
+        .collect();
+    for row in 0..b.num_rows() {
+        let key = (0..nkeys)
+            .map(|k| key_value(b.column(k).as_ref(), row))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (pos, mi) in scalar_idx.iter().enumerate() {
+            let v = int_value(b.column(nkeys + pos).as_ref(), row)?;
+            exact.add(key.clone(), *mi, 0, v);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_are_quoted_and_typed() {
+        assert_eq!(literal(&Literal::Str("O'Brien".into())), "'O''Brien'");
+        assert_eq!(literal(&Literal::Float(20000.0)), "20000.0");
+        assert_eq!(literal(&Literal::Int(-3)), "-3");
+        assert_eq!(literal(&Literal::Date(0)), "CAST('1970-01-01' AS DATE)");
+    }
+
+    #[test]
+    fn fixed_point_sql_clamps_before_scaling() {
+        assert_eq!(
+            fixed_sql("age", 0.0, 120.0, 0, true),
+            "CAST(LEAST(GREATEST(\"age\", 0), 120) AS BIGINT)"
+        );
+        assert!(fixed_sql("income", 0.0, 5e5, 3, false).contains("* 1000.0"));
+    }
+}
