@@ -465,3 +465,126 @@ pub struct QueryResponse {
     /// The budgets charged, after this query.
     pub budgets: Vec<BudgetView>,
 }
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SigningKeyView {
+    pub id: i64,
+    pub name: String,
+    /// `SHA256:` + 32 hex digits.
+    pub fingerprint: String,
+    /// The key as PEM.
+    pub public_key: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub active: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddKeyRequest {
+    pub name: String,
+    /// Ed25519 public key: PEM, or 32 bytes as hex or base64.
+    pub public_key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct IoView {
+    pub name: String,
+    pub dtype: String,
+    /// Dimensions; null for symbolic ones (the batch).
+    pub shape: Vec<Option<i64>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ModelView {
+    pub name: String,
+    pub version: u32,
+    pub owner: String,
+    pub sha256: String,
+    pub size_bytes: u64,
+    pub created_at: DateTime<Utc>,
+    /// The signing key (name and fingerprint), if signed.
+    pub signed_by: Option<String>,
+    /// `classifier`, `score_classifier` (argmax over scores) or `regressor`.
+    pub kind: String,
+    pub n_features: usize,
+    pub input: IoView,
+    pub outputs: Vec<IoView>,
+    /// `domain:Op` → count.
+    pub operators: std::collections::BTreeMap<String, usize>,
+    pub producer: String,
+    pub opset: i64,
+    /// The model's own class labels, if it declares them.
+    pub classes: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct VersionParams {
+    /// A model version; the newest if omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+}
+
+/// Multipart form for a model upload.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct ModelUploadForm {
+    /// The ONNX file.
+    #[schema(value_type = String, format = Binary)]
+    pub onnx: Vec<u8>,
+    /// Optional Ed25519 signature of the file (64 bytes, raw, hex or base64).
+    #[schema(value_type = Option<String>, format = Binary)]
+    pub signature: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ValidateRequestBody {
+    pub dataset: String,
+    /// Dataset columns, in the order of the model's input features.
+    pub features: Vec<String>,
+    pub label: String,
+    /// accuracy, precision, recall, f1, confusion; or mae, rmse, r2.
+    pub metrics: Vec<String>,
+    pub epsilon: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
+    /// A model version; the newest if omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RequestView {
+    pub id: i64,
+    pub kind: String,
+    pub requester: String,
+    pub target: String,
+    pub dataset: Option<String>,
+    pub parameters: serde_json::Value,
+    pub epsilon: f64,
+    pub delta: f64,
+    /// pending, approved, denied, running, done or failed.
+    pub status: String,
+    pub reason: Option<String>,
+    /// The released outcome, once done.
+    pub result: Option<serde_json::Value>,
+    pub reviewer: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RequestsQuery {
+    /// Only requests in this status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DenyRequestBody {
+    pub reason: String,
+}

@@ -15,7 +15,7 @@ use veil_types::Permission;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::handlers::{audit, auth, budgets, datasets, roles, system, tokens, users};
+use crate::handlers::{audit, auth, budgets, datasets, models, roles, system, tokens, users};
 
 /// Who may call an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +98,18 @@ pub fn endpoints() -> Vec<Endpoint> {
         endpoint!(DELETE "/api/v1/datasets/{name}", Permission(P::DatasetsManage), datasets::delete),
         endpoint!(GET "/api/v1/datasets/{name}/mock", Permission(P::DatasetsMock), datasets::mock),
         endpoint!(POST "/api/v1/datasets/{name}/query", Permission(P::QueriesRun), datasets::query),
+        endpoint!(GET "/api/v1/me/keys", SelfService, models::list_keys),
+        endpoint!(POST "/api/v1/me/keys", SelfService, models::add_key),
+        endpoint!(DELETE "/api/v1/me/keys/{id}", SelfService, models::revoke_key),
+        endpoint!(GET "/api/v1/models", Permission(P::ModelsRead), models::list),
+        endpoint!(GET "/api/v1/models/{name}", Permission(P::ModelsRead), models::show),
+        endpoint!(PUT "/api/v1/models/{name}", Permission(P::ModelsManage), models::upload, streaming),
+        endpoint!(DELETE "/api/v1/models/{name}", Permission(P::ModelsManage), models::delete),
+        endpoint!(POST "/api/v1/models/{name}/validate", Permission(P::ModelsValidate), models::validate),
+        endpoint!(GET "/api/v1/requests", SelfService, models::list_requests),
+        endpoint!(GET "/api/v1/requests/{id}", SelfService, models::show_request),
+        endpoint!(POST "/api/v1/requests/{id}/approve", Permission(P::RequestsReview), models::approve),
+        endpoint!(POST "/api/v1/requests/{id}/deny", Permission(P::RequestsReview), models::deny),
     ]
 }
 

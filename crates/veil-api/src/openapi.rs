@@ -6,7 +6,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::handlers::{audit, auth, budgets, datasets, roles, system, tokens, users};
+use crate::handlers::{audit, auth, budgets, datasets, models, roles, system, tokens, users};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -25,6 +25,9 @@ use crate::handlers::{audit, auth, budgets, datasets, roles, system, tokens, use
         audit::list, audit::verify,
         datasets::list, datasets::show, datasets::upload, datasets::update, datasets::delete,
         datasets::mock, datasets::query,
+        models::list_keys, models::add_key, models::revoke_key,
+        models::list, models::show, models::upload, models::delete, models::validate,
+        models::list_requests, models::show_request, models::approve, models::deny,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -36,6 +39,8 @@ use crate::handlers::{audit, auth, budgets, datasets, roles, system, tokens, use
         (name = "budgets", description = "Privacy budgets in (ε, δ)"),
         (name = "audit", description = "The hash-chained audit log"),
         (name = "datasets", description = "Encrypted datasets and differentially private queries"),
+        (name = "models", description = "Signing keys, the model registry, and DP model validation"),
+        (name = "requests", description = "Requests that may need review"),
     )
 )]
 struct ApiDoc;

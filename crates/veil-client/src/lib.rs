@@ -451,6 +451,105 @@ impl Client {
         .await
     }
 
+    // ---- signing keys, models, requests
+
+    pub async fn list_keys(&self) -> Result<Vec<SigningKeyView>> {
+        self.get("api/v1/me/keys").await
+    }
+
+    pub async fn add_key(&self, name: &str, public_key: &str) -> Result<SigningKeyView> {
+        let body = AddKeyRequest {
+            name: name.into(),
+            public_key: public_key.into(),
+        };
+        self.with_body(Method::POST, "api/v1/me/keys", &body).await
+    }
+
+    pub async fn revoke_key(&self, id: i64) -> Result<()> {
+        self.no_content(self.request(Method::DELETE, &format!("api/v1/me/keys/{id}"))?)
+            .await
+    }
+
+    pub async fn list_models(&self) -> Result<Vec<ModelView>> {
+        self.get("api/v1/models").await
+    }
+
+    pub async fn get_model(&self, name: &str, version: Option<u32>) -> Result<ModelView> {
+        let mut rb = self.request(Method::GET, &format!("api/v1/models/{}", segment(name)))?;
+        if let Some(v) = version {
+            rb = rb.query(&[("version", v)]);
+        }
+        self.json(rb).await
+    }
+
+    pub async fn upload_model(
+        &self,
+        name: &str,
+        onnx: Vec<u8>,
+        signature: Option<Vec<u8>>,
+    ) -> Result<ModelView> {
+        let mut form = reqwest::multipart::Form::new().part(
+            "onnx",
+            reqwest::multipart::Part::bytes(onnx).file_name(format!("{name}.onnx")),
+        );
+        if let Some(sig) = signature {
+            form = form.part("signature", reqwest::multipart::Part::bytes(sig));
+        }
+        self.json(
+            self.request(Method::PUT, &format!("api/v1/models/{}", segment(name)))?
+                .multipart(form),
+        )
+        .await
+    }
+
+    pub async fn delete_model(&self, name: &str, version: Option<u32>) -> Result<()> {
+        let mut rb = self.request(Method::DELETE, &format!("api/v1/models/{}", segment(name)))?;
+        if let Some(v) = version {
+            rb = rb.query(&[("version", v)]);
+        }
+        self.no_content(rb).await
+    }
+
+    pub async fn validate(&self, model: &str, body: &ValidateRequestBody) -> Result<RequestView> {
+        self.json(
+            self.request(
+                Method::POST,
+                &format!("api/v1/models/{}/validate", segment(model)),
+            )?
+            .json(body)
+            .timeout(Duration::from_secs(3600)),
+        )
+        .await
+    }
+
+    pub async fn list_requests(&self, status: Option<&str>) -> Result<Vec<RequestView>> {
+        let mut rb = self.request(Method::GET, "api/v1/requests")?;
+        if let Some(s) = status {
+            rb = rb.query(&[("status", s)]);
+        }
+        self.json(rb).await
+    }
+
+    pub async fn get_request(&self, id: i64) -> Result<RequestView> {
+        self.get(&format!("api/v1/requests/{id}")).await
+    }
+
+    pub async fn approve_request(&self, id: i64) -> Result<RequestView> {
+        self.json(
+            self.request(Method::POST, &format!("api/v1/requests/{id}/approve"))?
+                .timeout(Duration::from_secs(3600)),
+        )
+        .await
+    }
+
+    pub async fn deny_request(&self, id: i64, reason: &str) -> Result<RequestView> {
+        let body = DenyRequestBody {
+            reason: reason.into(),
+        };
+        self.with_body(Method::POST, &format!("api/v1/requests/{id}/deny"), &body)
+            .await
+    }
+
     /// A raw request, for tests that need to send what the typed methods would not.
     pub async fn raw(
         &self,

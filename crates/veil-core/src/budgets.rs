@@ -118,6 +118,17 @@ impl Core {
     /// charge *before* computing anything from private data. Refusals are audited too.
     pub async fn spend(&self, p: &Principal, spend: &Spend) -> Result<DebitOutcome> {
         p.ensure_active()?;
+        self.spend_for(p.email(), p.user.id, spend).await
+    }
+
+    /// Charges `spend` to user `user_id`'s budget, recorded as done by `actor` (a reviewer
+    /// approving someone's request charges the requester).
+    pub(crate) async fn spend_for(
+        &self,
+        actor: &str,
+        user_id: i64,
+        spend: &Spend,
+    ) -> Result<DebitOutcome> {
         let target = format!(
             "dataset:{}",
             spend.dataset.as_ref().map_or("*", DatasetName::as_str)
@@ -137,14 +148,14 @@ impl Core {
             .store
             .debit_budget(
                 &DebitRequest {
-                    user_id: p.user.id,
+                    user_id,
                     dataset: spend.dataset.as_ref().map(|d| d.to_string()),
                     epsilon: spend.epsilon,
                     delta: spend.delta,
                     purpose: spend.purpose.clone(),
                     reference: spend.reference.clone(),
                 },
-                NewAuditEntry::new(p.email(), "budget.debit", &target).details(details.clone()),
+                NewAuditEntry::new(actor, "budget.debit", &target).details(details.clone()),
             )
             .await;
         match result {
@@ -155,7 +166,7 @@ impl Core {
                     details["reason"] = json!(err.to_string());
                     self.store
                         .append_audit(
-                            NewAuditEntry::new(p.email(), "budget.debit", target)
+                            NewAuditEntry::new(actor, "budget.debit", target)
                                 .outcome(AuditOutcome::Refused)
                                 .details(details),
                         )

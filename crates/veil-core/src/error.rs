@@ -65,6 +65,18 @@ pub enum CoreError {
     /// a query fails must not depend on the private data.
     #[error("the query could not be completed; its privacy cost was charged")]
     QueryFailed,
+    /// The uploaded model is not a valid ONNX file or uses something this node will not run.
+    #[error("{0}")]
+    InvalidModel(String),
+    #[error(
+        "this node requires models to be signed by a key registered to the uploader (--signature)"
+    )]
+    SignatureRequired,
+    #[error("{0}")]
+    BadSignature(String),
+    /// A validation request that does not fit the model or the dataset.
+    #[error("{0}")]
+    InvalidValidation(String),
     /// A failure that is not the caller's fault. The message is for logs only.
     #[error("internal error: {0}")]
     Internal(String),
@@ -80,6 +92,12 @@ pub enum NotFound {
     Token,
     #[error("no such dataset")]
     Dataset,
+    #[error("no such model")]
+    Model,
+    #[error("no such request")]
+    Request,
+    #[error("no such signing key")]
+    SigningKey,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -100,6 +118,12 @@ pub enum Conflict {
     SelfAction(&'static str),
     #[error("a dataset with this name already exists; delete it first")]
     DatasetExists,
+    #[error("this key is already registered, or you have an active key with this name")]
+    SigningKeyExists,
+    #[error("the request is {0}; only pending requests can be approved or denied")]
+    RequestNotPending(String),
+    #[error("the model name {0} belongs to another user")]
+    ModelNameTaken(String),
 }
 
 impl From<veil_store::StoreError> for CoreError {
@@ -110,6 +134,14 @@ impl From<veil_store::StoreError> for CoreError {
             S::NotFound { what: "role" } => CoreError::NotFound(NotFound::Role),
             S::NotFound { what: "token" } => CoreError::NotFound(NotFound::Token),
             S::NotFound { what: "dataset" } => CoreError::NotFound(NotFound::Dataset),
+            S::NotFound { what: "model" } => CoreError::NotFound(NotFound::Model),
+            S::NotFound { what: "request" } => CoreError::NotFound(NotFound::Request),
+            S::NotFound {
+                what: "signing key",
+            } => CoreError::NotFound(NotFound::SigningKey),
+            S::Conflict {
+                what: "signing key",
+            } => CoreError::Conflict(Conflict::SigningKeyExists),
             S::Conflict { what: "dataset" } => CoreError::Conflict(Conflict::DatasetExists),
             S::Conflict { what: "user" } => CoreError::Conflict(Conflict::UserExists),
             S::Conflict { what: "role" } => CoreError::Conflict(Conflict::RoleExists),

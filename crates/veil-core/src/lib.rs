@@ -13,9 +13,11 @@ mod budgets;
 mod clock;
 mod datasets;
 pub mod error;
+mod models;
 mod password_policy;
 mod principal;
 mod rate_limit;
+mod requests;
 mod roles;
 mod tokens;
 mod users;
@@ -29,9 +31,11 @@ pub use budgets::{BudgetReport, DebitOutcome, Spend};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use datasets::{DatasetInfo, MockRows, QueryOutcome};
 pub use error::CoreError;
+pub use models::ModelInfo;
 pub use password_policy::PasswordPolicy;
 pub use principal::Principal;
 pub use rate_limit::RateLimitSettings;
+pub use requests::ValidationRequest;
 pub use users::{UserRef, UserUpdateRequest};
 
 use tokio::sync::Semaphore;
@@ -53,6 +57,14 @@ pub struct CoreSettings {
     pub password_hash_concurrency: usize,
     /// Largest dataset upload, in bytes.
     pub upload_limit_bytes: u64,
+    /// Largest model upload, in bytes.
+    pub model_limit_bytes: usize,
+    /// Refuse model uploads that are not signed by a key registered to the uploader.
+    pub require_signed_models: bool,
+    /// Wall-clock limit of one validation run.
+    pub validation_time_limit: Duration,
+    /// Threads of the model worker pool (model runs never use the async runtime's threads).
+    pub model_threads: usize,
 }
 
 impl Default for CoreSettings {
@@ -66,6 +78,10 @@ impl Default for CoreSettings {
                 .map(|n| n.get() * 2)
                 .unwrap_or(4),
             upload_limit_bytes: 10 * 1024 * 1024 * 1024,
+            model_limit_bytes: 64 * 1024 * 1024,
+            require_signed_models: false,
+            validation_time_limit: Duration::from_secs(60),
+            model_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
     }
 }
@@ -80,6 +96,8 @@ pub struct Core {
     settings: CoreSettings,
     login_limiter: rate_limit::RateLimiter,
     hashing: Semaphore,
+    /// Runs models; its threads belong to it alone.
+    model_pool: Arc<rayon::ThreadPool>,
 }
 
 impl Core {
@@ -94,6 +112,19 @@ impl Core {
             datasets,
             login_limiter: rate_limit::RateLimiter::new(settings.login_rate_limit.clone()),
             hashing: Semaphore::new(settings.password_hash_concurrency.max(1)),
+            model_pool: Arc::new(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(settings.model_threads.max(1))
+                    .thread_name(|i| format!("veil-model-{i}"))
+                    .build()
+                    .unwrap_or_else(|_| {
+                        // Building a pool only fails if threads cannot be spawned at all.
+                        rayon::ThreadPoolBuilder::new()
+                            .num_threads(1)
+                            .build()
+                            .unwrap_or_else(|e| panic!("cannot start the model worker pool: {e}"))
+                    }),
+            ),
             store,
             audit_key,
             clock,

@@ -8,9 +8,11 @@
 //! passwords, keys and nonces. Nothing here is used for differential-privacy noise.
 
 pub mod audit;
+pub mod blob;
 pub mod keys;
 pub mod password;
 pub mod random;
+pub mod signing;
 pub mod spool;
 pub mod token;
 

@@ -11,7 +11,9 @@
 //! and hand them back; raw data keys never leave this crate.
 
 mod ingest;
+pub mod models;
 mod query;
+pub mod scan;
 pub mod schema;
 
 use std::path::{Path, PathBuf};
@@ -24,7 +26,9 @@ use veil_crypto::{DataKey, MasterKey, WrappedKey};
 use veil_dp::{CostedPlan, ExactResult, Manifest};
 
 pub use ingest::{Format, IngestError};
+pub use models::{ModelFileError, StoredModel};
 pub use query::ExecError;
+pub use scan::{Labels, ScanBatch, ScanStream};
 pub use schema::Violation;
 
 /// Upload limits, set by the node.
@@ -189,10 +193,20 @@ impl Storage {
         manifest: &Manifest,
         costed: &CostedPlan,
     ) -> Result<ExactResult, ExecError> {
+        let ctx = self.session(file_id, wrapped_key, manifest).await?;
+        query::execute(&ctx, manifest, costed).await
+    }
+
+    /// A DataFusion session with the dataset registered as `data`.
+    pub(crate) async fn session(
+        &self,
+        file_id: &str,
+        wrapped_key: &WrappedKey,
+        manifest: &Manifest,
+    ) -> Result<datafusion::prelude::SessionContext, ExecError> {
         if !Self::valid_id(file_id) {
             return Err(ExecError("invalid file id".into()));
         }
-        // DataFusion would read a missing file as an empty table, and answer zero.
         let path = self.path(file_id);
         if !path.is_file() {
             return Err(ExecError(format!(
@@ -204,12 +218,16 @@ impl Storage {
             .master
             .unwrap_key(wrapped_key, &label(file_id))
             .map_err(|e| ExecError(e.to_string()))?;
-        let file = query::FileRef {
-            path,
-            key,
-            aad: file_id.to_string(),
-        };
-        query::execute(file, manifest, costed, self.threads).await
+        query::session(
+            query::FileRef {
+                path,
+                key,
+                aad: file_id.to_string(),
+            },
+            manifest,
+            self.threads,
+        )
+        .await
     }
 }
 

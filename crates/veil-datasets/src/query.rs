@@ -357,17 +357,13 @@ pub struct FileRef {
     pub aad: String,
 }
 
-/// Computes `costed`'s exact measures over the file.
-pub async fn execute(
+/// A fresh DataFusion session over one encrypted file, registered as `data`.
+pub(crate) async fn session(
     file: FileRef,
     manifest: &veil_dp::Manifest,
-    costed: &CostedPlan,
     threads: usize,
-) -> Result<ExactResult, ExecError> {
+) -> Result<SessionContext, ExecError> {
     let err = |e: datafusion::error::DataFusionError| ExecError(e.to_string());
-    let measures = plan_measures(&costed.plan);
-    let (scalar, histograms) = render(&costed.plan, manifest, &measures);
-
     let runtime = RuntimeEnvBuilder::new()
         .with_object_list_cache_limit(0)
         .with_file_statistics_cache_limit(0)
@@ -397,6 +393,18 @@ pub async fn execute(
     )
     .map_err(err)?;
     ctx.register_table(TABLE, Arc::new(table)).map_err(err)?;
+    Ok(ctx)
+}
+
+/// Computes `costed`'s exact measures in a session from [`session`].
+pub(crate) async fn execute(
+    ctx: &SessionContext,
+    manifest: &veil_dp::Manifest,
+    costed: &CostedPlan,
+) -> Result<ExactResult, ExecError> {
+    let err = |e: datafusion::error::DataFusionError| ExecError(e.to_string());
+    let measures = plan_measures(&costed.plan);
+    let (scalar, histograms) = render(&costed.plan, manifest, &measures);
 
     let mut exact = ExactResult::new(measures.clone());
     let nkeys = costed.plan.keys.len();

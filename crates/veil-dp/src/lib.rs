@@ -20,6 +20,7 @@ pub mod mock;
 pub mod plan;
 mod release;
 pub mod sql;
+pub mod validation;
 
 pub use exact::{ExactResult, KeyValue, Measure};
 pub use manifest::{ColumnType, Manifest, ManifestError, PrivacyUnit};

@@ -35,6 +35,17 @@ pub async fn seed(core: &Core) -> Result<Vec<DemoAccount>, CoreError> {
         crate::demo_data::patients_csv(DEMO_PATIENTS),
     )
     .await?;
+    core.bootstrap_dataset(
+        "breast_cancer",
+        include_str!("../../../fixtures/data/breast_cancer.toml"),
+        include_bytes!("../../../fixtures/data/breast_cancer.csv").to_vec(),
+    )
+    .await?;
+    core.bootstrap_model(
+        "tumour-lr",
+        include_bytes!("../../../fixtures/models/breast_cancer_lr.onnx").to_vec(),
+    )
+    .await?;
     let mut created = Vec::new();
     for (email, role) in ACCOUNTS {
         if let Some(otp) = core.bootstrap_user(email, role).await? {

@@ -41,6 +41,16 @@ fn expected() -> BTreeMap<&'static str, &'static [&'static str]> {
     ];
     let mockers: &[&str] = &["owner", "administrator", "data-scientist"];
     let analysts: &[&str] = &["owner", "data-scientist"];
+    let model_readers: &[&str] = &[
+        "owner",
+        "administrator",
+        "compliance-officer",
+        "data-scientist",
+        "model-creator",
+        "data-user",
+    ];
+    let creators: &[&str] = &["owner", "model-creator"];
+    let reviewers: &[&str] = &["owner", "compliance-officer"];
     BTreeMap::from([
         ("GET /healthz", ALL),
         ("GET /metrics", ALL),
@@ -74,6 +84,18 @@ fn expected() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("DELETE /api/v1/datasets/{name}", admins),
         ("GET /api/v1/datasets/{name}/mock", mockers),
         ("POST /api/v1/datasets/{name}/query", analysts),
+        ("GET /api/v1/me/keys", ALL),
+        ("POST /api/v1/me/keys", ALL),
+        ("DELETE /api/v1/me/keys/{id}", ALL),
+        ("GET /api/v1/models", model_readers),
+        ("GET /api/v1/models/{name}", model_readers),
+        ("PUT /api/v1/models/{name}", creators),
+        ("DELETE /api/v1/models/{name}", creators),
+        ("POST /api/v1/models/{name}/validate", analysts),
+        ("GET /api/v1/requests", ALL),
+        ("GET /api/v1/requests/{id}", ALL),
+        ("POST /api/v1/requests/{id}/approve", reviewers),
+        ("POST /api/v1/requests/{id}/deny", reviewers),
     ])
 }
 
@@ -81,7 +103,7 @@ fn concrete(path: &str) -> String {
     path.trim_start_matches('/')
         .replace("{user}", "nobody%40nowhere.org")
         .replace("{name}", "no-such-role")
-        .replace("{id}", "000000000000")
+        .replace("{id}", "999999")
 }
 
 async fn call(client: &Client, method: &http::Method, path: &str) -> (u16, String) {

@@ -863,6 +863,269 @@ impl Store for SqliteStore {
         rows::dataset(row)
     }
 
+    async fn add_signing_key(
+        &self,
+        key: &NewSigningKey,
+        audit: NewAuditEntry,
+    ) -> Result<SigningKeyRecord> {
+        let mut tx = self.begin().await?;
+        let row = query_as::<_, rows::SigningKeyRow>(concat!(
+            "INSERT INTO signing_keys (user_id, name, public_key, fingerprint, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5) RETURNING ",
+            veil_store::signing_key_columns!()
+        ))
+        .bind(key.user_id)
+        .bind(&key.name)
+        .bind(&key.public_key)
+        .bind(&key.fingerprint)
+        .bind(now_micros())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| {
+            if is_unique(&e) {
+                StoreError::Conflict {
+                    what: "signing key",
+                }
+            } else {
+                backend(e)
+            }
+        })?;
+        self.append_in(&mut tx, &audit).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(rows::signing_key(row))
+    }
+
+    async fn list_signing_keys(&self, user_id: UserId) -> Result<Vec<SigningKeyRecord>> {
+        Ok(query_as::<_, rows::SigningKeyRow>(concat!(
+            "SELECT ",
+            veil_store::signing_key_columns!(),
+            " FROM signing_keys WHERE user_id = ?1 ORDER BY id"
+        ))
+        .bind(user_id)
+        .fetch_all(&self.read)
+        .await
+        .map_err(backend)?
+        .into_iter()
+        .map(rows::signing_key)
+        .collect())
+    }
+
+    async fn revoke_signing_key(
+        &self,
+        user_id: UserId,
+        id: i64,
+        audit: NewAuditEntry,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let done = query(
+            "UPDATE signing_keys SET revoked_at = ?1 WHERE id = ?2 AND user_id = ?3 AND revoked_at IS NULL",
+        )
+        .bind(now_micros())
+        .bind(id)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                what: "signing key",
+            });
+        }
+        self.append_in(&mut tx, &audit).await?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn create_model(&self, m: &NewModel, audit: NewAuditEntry) -> Result<ModelRecord> {
+        let mut tx = self.begin().await?;
+        let row = query_as::<_, rows::ModelRow>(concat!(
+            "INSERT INTO models (name, version, owner_id, owner_email, file_id, wrapped_key, sha256, size_bytes, summary, signed_by, created_at)
+             VALUES (?1, (SELECT COALESCE(MAX(version), 0) + 1 FROM models WHERE name = ?1), ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             RETURNING ",
+            veil_store::model_columns!()
+        ))
+        .bind(&m.name)
+        .bind(m.owner_id)
+        .bind(&m.owner_email)
+        .bind(&m.file_id)
+        .bind(&m.wrapped_key)
+        .bind(&m.sha256)
+        .bind(sql_amount(m.size_bytes))
+        .bind(&m.summary)
+        .bind(m.signed_by.as_deref())
+        .bind(now_micros())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| {
+            if is_unique(&e) {
+                StoreError::Conflict { what: "model" }
+            } else {
+                backend(e)
+            }
+        })?;
+        self.append_in(&mut tx, &audit).await?;
+        tx.commit().await.map_err(backend)?;
+        rows::model(row)
+    }
+
+    async fn get_model(&self, name: &str, version: Option<u32>) -> Result<Option<ModelRecord>> {
+        query_as::<_, rows::ModelRow>(concat!(
+            "SELECT ",
+            veil_store::model_columns!(),
+            " FROM models WHERE name = ?1 AND (?2 IS NULL OR version = ?2) ORDER BY version DESC LIMIT 1"
+        ))
+        .bind(name)
+        .bind(version.map(i64::from))
+        .fetch_optional(&self.read)
+        .await
+        .map_err(backend)?
+        .map(rows::model)
+        .transpose()
+    }
+
+    async fn list_models(&self) -> Result<Vec<ModelRecord>> {
+        query_as::<_, rows::ModelRow>(concat!(
+            "SELECT ",
+            veil_store::model_columns!(),
+            " FROM models ORDER BY name, version"
+        ))
+        .fetch_all(&self.read)
+        .await
+        .map_err(backend)?
+        .into_iter()
+        .map(rows::model)
+        .collect()
+    }
+
+    async fn delete_model(
+        &self,
+        name: &str,
+        version: Option<u32>,
+        audit: NewAuditEntry,
+    ) -> Result<Vec<ModelRecord>> {
+        let mut tx = self.begin().await?;
+        let deleted = query_as::<_, rows::ModelRow>(concat!(
+            "DELETE FROM models WHERE name = ?1 AND (?2 IS NULL OR version = ?2) RETURNING ",
+            veil_store::model_columns!()
+        ))
+        .bind(name)
+        .bind(version.map(i64::from))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if deleted.is_empty() {
+            return Err(StoreError::NotFound { what: "model" });
+        }
+        self.append_in(&mut tx, &audit).await?;
+        tx.commit().await.map_err(backend)?;
+        deleted.into_iter().map(rows::model).collect()
+    }
+
+    async fn create_request(&self, r: &NewRequest, audit: NewAuditEntry) -> Result<RequestRecord> {
+        let mut tx = self.begin().await?;
+        let now = now_micros();
+        let row = query_as::<_, rows::RequestRow>(concat!(
+            "INSERT INTO requests (kind, requester_id, requester, target, dataset, parameters, epsilon, delta, status, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10) RETURNING ",
+            veil_store::request_columns!()
+        ))
+        .bind(&r.kind)
+        .bind(r.requester_id)
+        .bind(&r.requester)
+        .bind(&r.target)
+        .bind(r.dataset.as_deref())
+        .bind(&r.parameters)
+        .bind(sql_amount(r.epsilon.units()))
+        .bind(sql_amount(r.delta.units()))
+        .bind(r.status.as_str())
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(backend)?;
+        self.append_in(&mut tx, &audit).await?;
+        tx.commit().await.map_err(backend)?;
+        rows::request(row)
+    }
+
+    async fn get_request(&self, id: i64) -> Result<Option<RequestRecord>> {
+        query_as::<_, rows::RequestRow>(concat!(
+            "SELECT ",
+            veil_store::request_columns!(),
+            " FROM requests WHERE id = ?1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.read)
+        .await
+        .map_err(backend)?
+        .map(rows::request)
+        .transpose()
+    }
+
+    async fn list_requests(
+        &self,
+        requester: Option<UserId>,
+        status: Option<RequestStatus>,
+        limit: u32,
+    ) -> Result<Vec<RequestRecord>> {
+        query_as::<_, rows::RequestRow>(concat!(
+            "SELECT ",
+            veil_store::request_columns!(),
+            " FROM requests WHERE (?1 IS NULL OR requester_id = ?1) AND (?2 IS NULL OR status = ?2)
+             ORDER BY id DESC LIMIT ?3"
+        ))
+        .bind(requester)
+        .bind(status.map(RequestStatus::as_str))
+        .bind(i64::from(limit))
+        .fetch_all(&self.read)
+        .await
+        .map_err(backend)?
+        .into_iter()
+        .map(rows::request)
+        .collect()
+    }
+
+    async fn transition_request(
+        &self,
+        id: i64,
+        t: &RequestTransition,
+        audit: NewAuditEntry,
+    ) -> Result<RequestRecord> {
+        let mut tx = self.begin().await?;
+        let row = query_as::<_, rows::RequestRow>(concat!(
+            "UPDATE requests SET status = ?1, reason = COALESCE(?2, reason), result = COALESCE(?3, result),
+                 reviewer = COALESCE(?4, reviewer), updated_at = ?5
+             WHERE id = ?6 AND (',' || ?7 || ',') LIKE ('%,' || status || ',%') RETURNING ",
+            veil_store::request_columns!()
+        ))
+        .bind(t.to.as_str())
+        .bind(t.reason.as_deref())
+        .bind(t.result.as_deref())
+        .bind(t.reviewer.as_deref())
+        .bind(now_micros())
+        .bind(id)
+        .bind(rows::status_list(&t.from))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let Some(row) = row else {
+            let exists = query("SELECT 1 FROM requests WHERE id = ?1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?
+                .is_some();
+            return Err(if exists {
+                StoreError::Conflict {
+                    what: "request state",
+                }
+            } else {
+                StoreError::NotFound { what: "request" }
+            });
+        };
+        self.append_in(&mut tx, &audit).await?;
+        tx.commit().await.map_err(backend)?;
+        rows::request(row)
+    }
+
     async fn append_audit(&self, entry: NewAuditEntry) -> Result<AuditEntry> {
         let mut tx = self.begin().await?;
         let e = self.append_in(&mut tx, &entry).await?;

@@ -52,6 +52,9 @@ macro_rules! conformance_tests {
             audit_filters,
             datasets_round_trip,
             dataset_global_cap_binds_all_users,
+            signing_keys_round_trip,
+            models_are_versioned,
+            request_transitions_are_compare_and_set,
         );
     };
     (@each $make:expr; $($name:ident),+ $(,)?) => {
@@ -1025,4 +1028,238 @@ pub async fn dataset_global_cap_binds_all_users(f: &dyn Fixture) {
         .expect("get")
         .expect("exists");
     assert_eq!(d.epsilon_spent, eps(0.7));
+}
+
+pub async fn signing_keys_round_trip(f: &dyn Fixture) {
+    let store = seeded(f).await;
+    let ana = user(store.as_ref(), "ana@lab.org", "model-creator").await;
+    let key = NewSigningKey {
+        user_id: ana.id,
+        name: "laptop".into(),
+        public_key: vec![9; 32],
+        fingerprint: "SHA256:abc".into(),
+    };
+    let k = store
+        .add_signing_key(&key, audit("key.add"))
+        .await
+        .expect("add");
+    assert_eq!(k.revoked_at, None);
+    let dup = store.add_signing_key(&key, audit("key.add")).await;
+    assert!(matches!(dup, Err(StoreError::Conflict { .. })), "{dup:?}");
+    let bo = user(store.as_ref(), "bo@lab.org", "guest").await;
+    let not_theirs = store
+        .revoke_signing_key(bo.id, k.id, audit("key.revoke"))
+        .await;
+    assert!(
+        matches!(not_theirs, Err(StoreError::NotFound { .. })),
+        "{not_theirs:?}"
+    );
+    store
+        .revoke_signing_key(ana.id, k.id, audit("key.revoke"))
+        .await
+        .expect("revoke");
+    let keys = store.list_signing_keys(ana.id).await.expect("list");
+    assert!(keys[0].revoked_at.is_some());
+}
+
+fn new_model(name: &str, owner: &User, file: &str) -> NewModel {
+    NewModel {
+        name: name.into(),
+        owner_id: owner.id,
+        owner_email: owner.email.clone(),
+        file_id: file.into(),
+        wrapped_key: vec![1],
+        sha256: "00".into(),
+        size_bytes: 10,
+        summary: "{}".into(),
+        signed_by: None,
+    }
+}
+
+pub async fn models_are_versioned(f: &dyn Fixture) {
+    let store = seeded(f).await;
+    let mo = user(store.as_ref(), "mo@lab.org", "model-creator").await;
+    let v1 = store
+        .create_model(&new_model("tumour-lr", &mo, "f1"), audit("model.upload"))
+        .await
+        .expect("v1");
+    let v2 = store
+        .create_model(&new_model("tumour-lr", &mo, "f2"), audit("model.upload"))
+        .await
+        .expect("v2");
+    store
+        .create_model(&new_model("other", &mo, "f3"), audit("model.upload"))
+        .await
+        .expect("other");
+    assert_eq!((v1.version, v2.version), (1, 2));
+    assert_eq!(
+        store
+            .get_model("tumour-lr", None)
+            .await
+            .expect("get")
+            .map(|m| m.version),
+        Some(2)
+    );
+    assert_eq!(
+        store
+            .get_model("tumour-lr", Some(1))
+            .await
+            .expect("get")
+            .map(|m| m.file_id),
+        Some("f1".into())
+    );
+    assert_eq!(
+        store.get_model("tumour-lr", Some(9)).await.expect("get"),
+        None
+    );
+    assert_eq!(store.list_models().await.expect("list").len(), 3);
+    let gone = store
+        .delete_model("tumour-lr", Some(2), audit("model.delete"))
+        .await
+        .expect("delete v2");
+    assert_eq!(gone.len(), 1);
+    assert_eq!(
+        store
+            .get_model("tumour-lr", None)
+            .await
+            .expect("get")
+            .map(|m| m.version),
+        Some(1)
+    );
+    let all = store
+        .delete_model("tumour-lr", None, audit("model.delete"))
+        .await
+        .expect("delete all");
+    assert_eq!(all.len(), 1);
+    let missing = store
+        .delete_model("tumour-lr", None, audit("model.delete"))
+        .await;
+    assert!(
+        matches!(missing, Err(StoreError::NotFound { .. })),
+        "{missing:?}"
+    );
+}
+
+pub async fn request_transitions_are_compare_and_set(f: &dyn Fixture) {
+    let store = seeded(f).await;
+    let ana = user(store.as_ref(), "ana@lab.org", "data-scientist").await;
+    let r = store
+        .create_request(
+            &NewRequest {
+                kind: "validation".into(),
+                requester_id: ana.id,
+                requester: ana.email.clone(),
+                target: "model:m@1".into(),
+                dataset: Some("patients".into()),
+                parameters: "{}".into(),
+                epsilon: eps(1.0),
+                delta: Delta::ZERO,
+                status: RequestStatus::Pending,
+            },
+            audit("request.create"),
+        )
+        .await
+        .expect("create");
+    assert_eq!(r.status, RequestStatus::Pending);
+    // Twenty reviewers race to approve: exactly one wins.
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .transition_request(
+                        r.id,
+                        &RequestTransition {
+                            from: vec![RequestStatus::Pending],
+                            to: RequestStatus::Approved,
+                            reason: None,
+                            result: None,
+                            reviewer: Some(format!("reviewer{i}@lab.org")),
+                        },
+                        audit("request.approve"),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for t in futures::future::join_all(tasks).await {
+        match t.expect("task") {
+            Ok(_) => won += 1,
+            Err(StoreError::Conflict { .. }) => {}
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(won, 1);
+    let done = store
+        .transition_request(
+            r.id,
+            &RequestTransition {
+                from: vec![RequestStatus::Approved],
+                to: RequestStatus::Done,
+                reason: None,
+                result: Some("{\"accuracy\":0.9}".into()),
+                reviewer: None,
+            },
+            audit("request.done"),
+        )
+        .await
+        .expect("done");
+    assert_eq!(done.result.as_deref(), Some("{\"accuracy\":0.9}"));
+    assert!(
+        done.reviewer
+            .as_deref()
+            .is_some_and(|r| r.starts_with("reviewer"))
+    );
+    let deny_done = store
+        .transition_request(
+            r.id,
+            &RequestTransition {
+                from: vec![RequestStatus::Pending],
+                to: RequestStatus::Denied,
+                reason: Some("too late".into()),
+                result: None,
+                reviewer: None,
+            },
+            audit("request.deny"),
+        )
+        .await;
+    assert!(
+        matches!(deny_done, Err(StoreError::Conflict { .. })),
+        "{deny_done:?}"
+    );
+    let missing = store
+        .transition_request(
+            9_999,
+            &RequestTransition {
+                from: vec![RequestStatus::Pending],
+                to: RequestStatus::Denied,
+                reason: None,
+                result: None,
+                reviewer: None,
+            },
+            audit("request.deny"),
+        )
+        .await;
+    assert!(
+        matches!(missing, Err(StoreError::NotFound { .. })),
+        "{missing:?}"
+    );
+    assert_eq!(
+        store
+            .list_requests(Some(ana.id), None, 10)
+            .await
+            .expect("list")
+            .len(),
+        1
+    );
+    assert_eq!(
+        store
+            .list_requests(None, Some(RequestStatus::Pending), 10)
+            .await
+            .expect("list")
+            .len(),
+        0
+    );
+    assert_chain_valid(f).await;
 }

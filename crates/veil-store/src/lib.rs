@@ -139,6 +139,54 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         audit: NewAuditEntry,
     ) -> Result<DatasetRecord>;
 
+    // ---- signing keys
+    /// `Conflict` if the key is already registered, or the user has an active key of that name.
+    async fn add_signing_key(
+        &self,
+        key: &NewSigningKey,
+        audit: NewAuditEntry,
+    ) -> Result<SigningKeyRecord>;
+    async fn list_signing_keys(&self, user_id: UserId) -> Result<Vec<SigningKeyRecord>>;
+    async fn revoke_signing_key(
+        &self,
+        user_id: UserId,
+        id: i64,
+        audit: NewAuditEntry,
+    ) -> Result<()>;
+
+    // ---- models
+    /// Records a model upload as the next version of its name.
+    async fn create_model(&self, m: &NewModel, audit: NewAuditEntry) -> Result<ModelRecord>;
+    /// A version of a model; the newest if `version` is `None`.
+    async fn get_model(&self, name: &str, version: Option<u32>) -> Result<Option<ModelRecord>>;
+    /// Every version of every model, by name then version.
+    async fn list_models(&self) -> Result<Vec<ModelRecord>>;
+    /// Deletes one version, or all versions if `version` is `None`; returns what was deleted.
+    async fn delete_model(
+        &self,
+        name: &str,
+        version: Option<u32>,
+        audit: NewAuditEntry,
+    ) -> Result<Vec<ModelRecord>>;
+
+    // ---- requests
+    async fn create_request(&self, r: &NewRequest, audit: NewAuditEntry) -> Result<RequestRecord>;
+    async fn get_request(&self, id: i64) -> Result<Option<RequestRecord>>;
+    /// Newest first; only `requester`'s if given; only `status` if given.
+    async fn list_requests(
+        &self,
+        requester: Option<UserId>,
+        status: Option<RequestStatus>,
+        limit: u32,
+    ) -> Result<Vec<RequestRecord>>;
+    /// Moves a request to `t.to` if it is in one of `t.from`; `Conflict` otherwise.
+    async fn transition_request(
+        &self,
+        id: i64,
+        t: &RequestTransition,
+        audit: NewAuditEntry,
+    ) -> Result<RequestRecord>;
+
     // ---- audit
     /// Appends a standalone entry (for events that change no other state: logins, refusals).
     async fn append_audit(&self, entry: NewAuditEntry) -> Result<AuditEntry>;

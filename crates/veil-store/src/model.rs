@@ -411,3 +411,161 @@ pub struct DatasetSettings {
     pub delta_cap: Option<Option<Delta>>,
     pub policy: Option<String>,
 }
+
+/// A public key a user registered for signing uploads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSigningKey {
+    pub user_id: UserId,
+    pub name: String,
+    pub public_key: Vec<u8>,
+    pub fingerprint: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningKeyRecord {
+    pub id: i64,
+    pub user_id: UserId,
+    pub name: String,
+    pub public_key: Vec<u8>,
+    pub fingerprint: String,
+    pub created_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// A model version to record after its encrypted file was written.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NewModel {
+    pub name: String,
+    pub owner_id: UserId,
+    pub owner_email: String,
+    pub file_id: String,
+    pub wrapped_key: Vec<u8>,
+    pub sha256: String,
+    pub size_bytes: u64,
+    /// The inspection summary (JSON).
+    pub summary: String,
+    /// Fingerprint of the key that signed it, if signed.
+    pub signed_by: Option<String>,
+}
+
+impl std::fmt::Debug for NewModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewModel")
+            .field("name", &self.name)
+            .field("owner_email", &self.owner_email)
+            .field("sha256", &self.sha256)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct ModelRecord {
+    pub id: i64,
+    pub name: String,
+    /// 1, 2, … per name: every upload of a name is a new version.
+    pub version: u32,
+    pub owner_id: UserId,
+    pub owner_email: String,
+    pub file_id: String,
+    pub wrapped_key: Vec<u8>,
+    pub sha256: String,
+    pub size_bytes: u64,
+    pub summary: String,
+    pub signed_by: Option<String>,
+    pub created_at: Timestamp,
+}
+
+impl std::fmt::Debug for ModelRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelRecord")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("owner_email", &self.owner_email)
+            .field("sha256", &self.sha256)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a request is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RequestStatus {
+    Pending,
+    Approved,
+    Denied,
+    Running,
+    Done,
+    Failed,
+}
+
+impl RequestStatus {
+    pub const ALL: [RequestStatus; 6] = [
+        RequestStatus::Pending,
+        RequestStatus::Approved,
+        RequestStatus::Denied,
+        RequestStatus::Running,
+        RequestStatus::Done,
+        RequestStatus::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestStatus::Pending => "pending",
+            RequestStatus::Approved => "approved",
+            RequestStatus::Denied => "denied",
+            RequestStatus::Running => "running",
+            RequestStatus::Done => "done",
+            RequestStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|x| x.as_str() == s)
+    }
+}
+
+/// A request for something that may need review (a validation run, later a job).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRequest {
+    /// e.g. `validation`.
+    pub kind: String,
+    pub requester_id: UserId,
+    pub requester: String,
+    /// What it acts on, e.g. `model:tumour-lr@1`.
+    pub target: String,
+    pub dataset: Option<String>,
+    /// Kind-specific parameters (JSON).
+    pub parameters: String,
+    pub epsilon: Epsilon,
+    pub delta: Delta,
+    pub status: RequestStatus,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestRecord {
+    pub id: i64,
+    pub kind: String,
+    pub requester_id: UserId,
+    pub requester: String,
+    pub target: String,
+    pub dataset: Option<String>,
+    pub parameters: String,
+    pub epsilon: Epsilon,
+    pub delta: Delta,
+    pub status: RequestStatus,
+    pub reason: Option<String>,
+    /// The released outcome (JSON), once done.
+    pub result: Option<String>,
+    pub reviewer: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// A compare-and-set status change: applies only if the request is in one of `from`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestTransition {
+    pub from: Vec<RequestStatus>,
+    pub to: RequestStatus,
+    pub reason: Option<String>,
+    pub result: Option<String>,
+    pub reviewer: Option<String>,
+}

@@ -7,8 +7,8 @@
 use veil_types::{Delta, Epsilon, PermissionSet};
 
 use crate::{
-    AuditEntry, AuditHead, Budget, DatasetRecord, LedgerEntry, Role, StoreError, TokenKind,
-    TokenRecord, User,
+    AuditEntry, AuditHead, Budget, DatasetRecord, LedgerEntry, ModelRecord, RequestRecord,
+    RequestStatus, Role, SigningKeyRecord, StoreError, TokenKind, TokenRecord, User,
 };
 
 /// The column list matching the row tuple below, as a literal for `concat!`.
@@ -249,4 +249,113 @@ pub fn dataset(r: DatasetRow) -> Result<DatasetRecord, StoreError> {
         delta_spent: Delta::from_units(amount(r.12)?),
         policy: r.13,
     })
+}
+
+#[macro_export]
+macro_rules! signing_key_columns {
+    () => {
+        "id, user_id, name, public_key, fingerprint, created_at, revoked_at"
+    };
+}
+pub type SigningKeyRow = (i64, i64, String, Vec<u8>, String, i64, Option<i64>);
+
+pub fn signing_key(r: SigningKeyRow) -> SigningKeyRecord {
+    SigningKeyRecord {
+        id: r.0,
+        user_id: r.1,
+        name: r.2,
+        public_key: r.3,
+        fingerprint: r.4,
+        created_at: r.5,
+        revoked_at: r.6,
+    }
+}
+
+#[macro_export]
+macro_rules! model_columns {
+    () => {
+        "id, name, version, owner_id, owner_email, file_id, wrapped_key, sha256, size_bytes, summary, signed_by, created_at"
+    };
+}
+pub type ModelRow = (
+    i64,
+    String,
+    i64,
+    i64,
+    String,
+    String,
+    Vec<u8>,
+    String,
+    i64,
+    String,
+    Option<String>,
+    i64,
+);
+
+pub fn model(r: ModelRow) -> Result<ModelRecord, StoreError> {
+    Ok(ModelRecord {
+        id: r.0,
+        name: r.1,
+        version: u32::try_from(r.2)
+            .map_err(|_| StoreError::Corrupt(format!("model version {}", r.2)))?,
+        owner_id: r.3,
+        owner_email: r.4,
+        file_id: r.5,
+        wrapped_key: r.6,
+        sha256: r.7,
+        size_bytes: amount(r.8)?,
+        summary: r.9,
+        signed_by: r.10,
+        created_at: r.11,
+    })
+}
+
+#[macro_export]
+macro_rules! request_columns {
+    () => {
+        "id, kind, requester_id, requester, target, dataset, parameters, epsilon, delta, status, reason, result, reviewer, created_at, updated_at"
+    };
+}
+pub type RequestRow = (
+    i64,
+    String,
+    i64,
+    String,
+    String,
+    Option<String>,
+    String,
+    i64,
+    i64,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    i64,
+    i64,
+);
+
+pub fn request(r: RequestRow) -> Result<RequestRecord, StoreError> {
+    Ok(RequestRecord {
+        id: r.0,
+        kind: r.1,
+        requester_id: r.2,
+        requester: r.3,
+        target: r.4,
+        dataset: r.5,
+        parameters: r.6,
+        epsilon: Epsilon::from_units(amount(r.7)?),
+        delta: Delta::from_units(amount(r.8)?),
+        status: RequestStatus::parse(&r.9)
+            .ok_or_else(|| StoreError::Corrupt(format!("request status {:?}", r.9)))?,
+        reason: r.10,
+        result: r.11,
+        reviewer: r.12,
+        created_at: r.13,
+        updated_at: r.14,
+    })
+}
+
+/// Statuses as a comma-separated list, for `status IN (…)` checks.
+pub fn status_list(s: &[RequestStatus]) -> String {
+    s.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(",")
 }

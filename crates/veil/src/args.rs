@@ -64,6 +64,17 @@ pub enum Command {
     Datasets(DatasetsCmd),
     /// Ask a differentially private SQL question of a dataset.
     Query(QueryArgs),
+    /// Ed25519 keys for signing uploads.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// Upload and browse ONNX models.
+    #[command(subcommand)]
+    Models(ModelsCmd),
+    /// Measure a model on a private dataset (DP metrics).
+    Validate(ValidateArgs),
+    /// List, inspect, approve or deny requests.
+    #[command(subcommand)]
+    Requests(RequestsCmd),
     /// Measure a node's performance.
     Bench(BenchArgs),
 }
@@ -109,6 +120,15 @@ pub struct ServeArgs {
     /// Longest lifetime an API token may have, e.g. 365d [default: unlimited].
     #[arg(long, env = "VEIL_MAX_TOKEN_TTL")]
     pub max_token_ttl: Option<String>,
+    /// Refuse model uploads not signed by a key registered to the uploader.
+    #[arg(long, env = "VEIL_REQUIRE_SIGNED_MODELS")]
+    pub require_signed_models: bool,
+    /// Largest model upload in bytes [default: 67108864].
+    #[arg(long, env = "VEIL_MODEL_LIMIT")]
+    pub model_limit: Option<usize>,
+    /// Wall-clock limit of one validation run, e.g. 60s or 5m [default: 60s].
+    #[arg(long, env = "VEIL_VALIDATION_TIME_LIMIT")]
+    pub validation_time_limit: Option<String>,
     /// Log format: text or json [default: text].
     #[arg(long, env = "VEIL_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -236,12 +256,13 @@ pub enum AuditCmd {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// What to measure: `api` (requests/s, budget debit latency) or `datasets` (upload
-    /// throughput, DP query overhead over plain DataFusion).
+    /// What to measure: `api` (requests/s, budget debit latency), `datasets` (upload
+    /// throughput, DP query overhead over plain DataFusion) or `validate` (model validation
+    /// throughput against a bare tract loop).
     pub target: String,
-    /// `datasets`: rows to generate.
-    #[arg(long, default_value_t = 10_000_000)]
-    pub rows: u64,
+    /// Rows to generate [default: 10 million for `datasets`, 1 million for `validate`].
+    #[arg(long)]
+    pub rows: Option<u64>,
     /// `datasets`: query runs (the median is reported).
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
@@ -318,4 +339,97 @@ pub struct QueryArgs {
     /// auto, laplace or gaussian.
     #[arg(long, default_value = "auto")]
     pub mechanism: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCmd {
+    /// Create a key pair locally: the private key file (mode 0600) and `<file>.pub`.
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Register a public key with the node.
+    Add {
+        #[arg(long)]
+        name: String,
+        /// A file with the public key (PEM, hex or base64), or the key itself.
+        #[arg(long)]
+        public_key: String,
+    },
+    /// List your registered keys.
+    List,
+    /// Revoke one of your keys by id.
+    Revoke { id: i64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCmd {
+    /// Upload an ONNX model (checked, then stored encrypted as the next version).
+    Upload {
+        name: String,
+        #[arg(long)]
+        onnx: PathBuf,
+        /// A detached Ed25519 signature of the file.
+        #[arg(long, conflicts_with = "sign_with")]
+        signature: Option<PathBuf>,
+        /// Sign with this private key file (from `veil keys generate`) before uploading.
+        #[arg(long)]
+        sign_with: Option<PathBuf>,
+    },
+    /// List models (every version).
+    List,
+    /// Show a model: inputs, outputs, operators, size, owner, signer.
+    Show {
+        name: String,
+        #[arg(long)]
+        version: Option<u32>,
+    },
+    /// Delete a model version (or every version).
+    Delete {
+        name: String,
+        #[arg(long)]
+        version: Option<u32>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The model to validate.
+    pub model: String,
+    #[arg(long)]
+    pub dataset: String,
+    /// Dataset columns in the model's feature order, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub features: Vec<String>,
+    #[arg(long)]
+    pub label: String,
+    /// accuracy,precision,recall,f1,confusion or mae,rmse,r2.
+    #[arg(long, value_delimiter = ',', default_value = "accuracy")]
+    pub metrics: Vec<String>,
+    #[arg(long, allow_negative_numbers = true)]
+    pub epsilon: f64,
+    #[arg(long)]
+    pub version: Option<u32>,
+    #[arg(long)]
+    pub confidence: Option<f64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RequestsCmd {
+    /// Your requests (everyone's, for reviewers).
+    List {
+        /// pending, approved, denied, running, done or failed.
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// One request, with its result once done.
+    Show { id: i64 },
+    /// Approve a pending request (it runs at once, on the requester's budget).
+    Approve { id: i64 },
+    /// Deny a pending request.
+    Deny {
+        id: i64,
+        #[arg(long)]
+        reason: String,
+    },
 }

@@ -91,10 +91,14 @@ pub async fn run(a: BenchArgs, json: bool) -> Result<ExitCode> {
     match a.target.as_str() {
         "api" => api(a, json).await,
         "datasets" => {
-            crate::bench_datasets::run(a.rows, a.runs, json).await?;
+            crate::bench_datasets::run(a.rows.unwrap_or(10_000_000), a.runs, json).await?;
             Ok(ExitCode::SUCCESS)
         }
-        other => bail!("unknown benchmark {other:?}: available: api, datasets"),
+        "validate" => {
+            crate::bench_validate::run(a.rows.unwrap_or(1_000_000), json).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        other => bail!("unknown benchmark {other:?}: available: api, datasets, validate"),
     }
 }
 

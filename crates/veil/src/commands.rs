@@ -91,6 +91,13 @@ pub async fn run(cmd: Command, g: &Global) -> Result<ExitCode> {
         Command::Audit(c) => audit(&session(g)?, c).await,
         Command::Datasets(c) => crate::data::datasets(&session(g)?.client, g.json, c).await,
         Command::Query(a) => crate::data::query(&session(g)?.client, g.json, a).await,
+        Command::Keys(crate::args::KeysCmd::Generate { out }) => {
+            crate::ml::generate_key(&out, g.json)
+        }
+        Command::Keys(c) => crate::ml::keys(&session(g)?.client, g.json, c).await,
+        Command::Models(c) => crate::ml::models(&session(g)?.client, g.json, c).await,
+        Command::Validate(a) => crate::ml::validate(&session(g)?.client, g.json, a).await,
+        Command::Requests(c) => crate::ml::requests(&session(g)?.client, g.json, c).await,
         Command::Serve(_) | Command::Bench(_) => unreachable!("dispatched in main"),
     }
 }

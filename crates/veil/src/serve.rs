@@ -29,6 +29,9 @@ struct FileConfig {
     max_token_ttl: Option<String>,
     log_format: Option<String>,
     log_level: Option<String>,
+    require_signed_models: Option<bool>,
+    model_limit: Option<usize>,
+    validation_time_limit: Option<String>,
 }
 
 /// Fully resolved settings.
@@ -98,6 +101,18 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
     }
     if let Some(ttl) = args.max_token_ttl.or(file.max_token_ttl) {
         server.core.max_token_ttl = parse_lifetime(&ttl)?;
+    }
+    server.core.require_signed_models =
+        args.require_signed_models || file.require_signed_models.unwrap_or(false);
+    if let Some(limit) = args.model_limit.or(file.model_limit) {
+        if limit < 1024 {
+            bail!("--model-limit must be at least 1024 bytes");
+        }
+        server.core.model_limit_bytes = limit;
+    }
+    if let Some(t) = args.validation_time_limit.or(file.validation_time_limit) {
+        server.core.validation_time_limit = parse_lifetime(&t)?
+            .context("validation runs need a time limit, e.g. --validation-time-limit 60s")?;
     }
     let log_format = args
         .log_format

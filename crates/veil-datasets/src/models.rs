@@ -1,0 +1,95 @@
+//! Model files: sealed whole with AES-256-GCM under a per-model data key wrapped by the
+//! master key (models are small and read whole, so an envelope is the simple right tool).
+
+use std::path::PathBuf;
+
+use veil_crypto::{DataKey, WrappedKey, blob};
+
+use crate::Storage;
+
+fn label(file_id: &str) -> String {
+    format!("model:{file_id}")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelFileError {
+    #[error("model file error: {0}")]
+    Io(String),
+    #[error("the model file cannot be decrypted")]
+    Crypto,
+}
+
+/// A stored model file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredModel {
+    pub file_id: String,
+    pub wrapped_key: WrappedKey,
+}
+
+impl Storage {
+    fn model_path(&self, file_id: &str) -> PathBuf {
+        self.dir
+            .join("models")
+            .join(format!("{file_id}.onnx.sealed"))
+    }
+
+    /// Seals and writes a model file (temp file, then rename).
+    pub async fn store_model(&self, bytes: Vec<u8>) -> Result<StoredModel, ModelFileError> {
+        let file_id = hex::encode(veil_crypto::random::bytes::<16>());
+        let key = DataKey::generate();
+        let wrapped_key = self.master.wrap(&key, &label(&file_id));
+        let path = self.model_path(&file_id);
+        let id = file_id.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), ModelFileError> {
+            let io = |e: std::io::Error| ModelFileError::Io(e.to_string());
+            let dir = path.parent().map(PathBuf::from).unwrap_or_default();
+            std::fs::create_dir_all(&dir).map_err(io)?;
+            let sealed = blob::seal(&key, &label(&id), &bytes);
+            let tmp = dir.join(format!(".tmp-{id}"));
+            std::fs::write(&tmp, sealed).map_err(io)?;
+            std::fs::rename(&tmp, &path).map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                io(e)
+            })
+        })
+        .await
+        .map_err(|e| ModelFileError::Io(e.to_string()))??;
+        Ok(StoredModel {
+            file_id,
+            wrapped_key,
+        })
+    }
+
+    /// Reads and opens a model file.
+    pub async fn load_model(
+        &self,
+        file_id: &str,
+        wrapped_key: &WrappedKey,
+    ) -> Result<Vec<u8>, ModelFileError> {
+        if !Self::valid_id(file_id) {
+            return Err(ModelFileError::Io("invalid file id".into()));
+        }
+        let key = self
+            .master
+            .unwrap_key(wrapped_key, &label(file_id))
+            .map_err(|_| ModelFileError::Crypto)?;
+        let path = self.model_path(file_id);
+        let id = file_id.to_string();
+        tokio::task::spawn_blocking(move || {
+            let sealed = std::fs::read(&path).map_err(|e| ModelFileError::Io(e.to_string()))?;
+            blob::open(&key, &label(&id), &sealed).map_err(|_| ModelFileError::Crypto)
+        })
+        .await
+        .map_err(|e| ModelFileError::Io(e.to_string()))?
+    }
+
+    pub fn remove_model(&self, file_id: &str) -> std::io::Result<()> {
+        if !Self::valid_id(file_id) {
+            return Err(std::io::Error::other("invalid file id"));
+        }
+        match std::fs::remove_file(self.model_path(file_id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}

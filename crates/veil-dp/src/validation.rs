@@ -1,0 +1,670 @@
+//! Differentially private model-validation metrics.
+//!
+//! Classification: the model's predictions over the private rows form a confusion matrix
+//! (true class × predicted class, over the label column's declared categories plus an
+//! "(other)" column for predictions outside them). The whole matrix is released once with
+//! discrete Laplace noise, and accuracy, precision, recall and F1 are computed from the noisy
+//! matrix: post-processing, free of further privacy cost. One row is one cell, so a privacy
+//! unit with k rows changes the matrix by at most k in L1.
+//!
+//! Regression: clipped error sums (|e|, e²), the row count, and for R² the label's sum and
+//! sum of squares, each released with its share of ε; predictions and labels are clipped to
+//! the label's declared bounds, which bounds every contribution.
+//!
+//! Intervals come from a parametric bootstrap: the released values minus simulated noise of
+//! the (public) scale, pushed through the same formulas. That too is post-processing.
+
+use rand::Rng;
+use serde::Serialize;
+
+use crate::exact::FixedPoint;
+use crate::manifest::PrivacyUnit;
+use crate::sql::Refusal;
+
+/// Most classes a confusion matrix may have (it has classes × (classes + 1) cells).
+pub const MAX_CLASSES: usize = 100;
+const BOOTSTRAP_DRAWS: usize = 2_000;
+const SAFETY: f64 = 1.0 + 1e-9;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Task {
+    /// The label column's categories, in declaration order.
+    Classification { classes: Vec<String> },
+    /// The label column's declared bounds.
+    Regression { lo: f64, hi: f64 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Metric {
+    Accuracy,
+    Precision,
+    Recall,
+    F1,
+    Confusion,
+    Mae,
+    Rmse,
+    R2,
+}
+
+impl Metric {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s.trim().to_ascii_lowercase().as_str() {
+            "accuracy" => Metric::Accuracy,
+            "precision" => Metric::Precision,
+            "recall" => Metric::Recall,
+            "f1" => Metric::F1,
+            "confusion" => Metric::Confusion,
+            "mae" => Metric::Mae,
+            "rmse" => Metric::Rmse,
+            "r2" => Metric::R2,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Accuracy => "accuracy",
+            Metric::Precision => "precision",
+            Metric::Recall => "recall",
+            Metric::F1 => "f1",
+            Metric::Confusion => "confusion",
+            Metric::Mae => "mae",
+            Metric::Rmse => "rmse",
+            Metric::R2 => "r2",
+        }
+    }
+
+    fn for_classification(self) -> bool {
+        matches!(
+            self,
+            Metric::Accuracy | Metric::Precision | Metric::Recall | Metric::F1 | Metric::Confusion
+        )
+    }
+}
+
+/// The exact sums a regression release needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Sum {
+    AbsError,
+    SqError,
+    Count,
+    Label,
+    LabelSq,
+}
+
+/// A validation with its noise calibrated and its exact cost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CostedValidation {
+    pub task: Task,
+    pub metrics: Vec<Metric>,
+    pub confidence: f64,
+    /// Classification: scale of the matrix noise. Regression: one scale per needed sum.
+    scales: Vec<f64>,
+    sums: Vec<Sum>,
+    fixed: FixedPoint,
+    fixed_sq: FixedPoint,
+    pub epsilon: f64,
+}
+
+/// Parses metric names and checks they fit the task.
+pub fn parse_metrics(names: &[String], task: &Task) -> Result<Vec<Metric>, Refusal> {
+    let mut out = Vec::new();
+    for n in names {
+        let m = Metric::parse(n).ok_or_else(|| {
+            Refusal(format!(
+                "unknown metric {n:?}: use accuracy, precision, recall, f1, confusion (classification) or mae, rmse, r2 (regression)"
+            ))
+        })?;
+        let classification = matches!(task, Task::Classification { .. });
+        if m.for_classification() != classification {
+            return Err(Refusal(format!(
+                "{} is a {} metric, but this is a {} task",
+                m.name(),
+                if m.for_classification() {
+                    "classification"
+                } else {
+                    "regression"
+                },
+                if classification {
+                    "classification"
+                } else {
+                    "regression"
+                }
+            )));
+        }
+        if !out.contains(&m) {
+            out.push(m);
+        }
+    }
+    if out.is_empty() {
+        return Err(Refusal("ask for at least one metric".into()));
+    }
+    Ok(out)
+}
+
+fn refusal(e: opendp::error::Error) -> Refusal {
+    Refusal(format!(
+        "the privacy parameters cannot be met: {}",
+        e.message.unwrap_or_else(|| format!("{:?}", e.variant))
+    ))
+}
+
+fn laplace_scalar_map(scale: f64, sens: i64) -> Result<f64, Refusal> {
+    opendp::measurements::make_laplace::<_, _, opendp::measures::MaxDivergence>(
+        opendp::domains::VectorDomain::new(opendp::domains::AtomDomain::<i64>::default()),
+        opendp::metrics::L1Distance::<i64>::default(),
+        scale,
+        None,
+    )
+    .and_then(|m| m.map(&sens))
+    .map_err(refusal)
+}
+
+/// Calibrates the noise of a validation and computes its cost.
+pub fn cost_validation(
+    task: Task,
+    metrics: Vec<Metric>,
+    epsilon: f64,
+    confidence: f64,
+    unit: &PrivacyUnit,
+) -> Result<CostedValidation, Refusal> {
+    if !(epsilon.is_finite() && epsilon > 0.0) {
+        return Err(Refusal("epsilon must be a positive number".into()));
+    }
+    if !(confidence > 0.5 && confidence < 1.0) {
+        return Err(Refusal(
+            "the confidence level must be between 0.5 and 1".into(),
+        ));
+    }
+    let k = i64::from(unit.rows_per_unit());
+    let bounds = match &task {
+        Task::Classification { classes } => {
+            if classes.len() < 2 || classes.len() > MAX_CLASSES {
+                return Err(Refusal(format!(
+                    "a classification label needs 2 to {MAX_CLASSES} declared categories"
+                )));
+            }
+            None
+        }
+        Task::Regression { lo, hi } => Some((*lo, *hi)),
+    };
+    let (lo, hi) = bounds.unwrap_or((0.0, 1.0));
+    let range = (hi - lo).abs().max(1e-12);
+    let maxabs = lo.abs().max(hi.abs());
+    let bound = |m: f64| crate::plan::Bounds {
+        lo: -m,
+        hi: m,
+        integer: false,
+    };
+    let fixed = FixedPoint::for_bounds(bound(range.max(maxabs)), crate::exact::MAX_FIXED);
+    let fixed_sq = FixedPoint::for_bounds(
+        bound(range.max(maxabs)),
+        crate::exact::MAX_FIXED_SQUARED_BASE,
+    );
+    let (sums, scales, spent) = match &task {
+        Task::Classification { .. } => {
+            let scale = k as f64 / epsilon * SAFETY;
+            let eps = laplace_scalar_map(scale, k)?;
+            (Vec::new(), vec![scale], eps)
+        }
+        Task::Regression { .. } => {
+            let mut sums = vec![Sum::Count];
+            for m in &metrics {
+                match m {
+                    Metric::Mae => sums.push(Sum::AbsError),
+                    Metric::Rmse => sums.push(Sum::SqError),
+                    Metric::R2 => sums.extend([Sum::SqError, Sum::Label, Sum::LabelSq]),
+                    _ => {}
+                }
+            }
+            sums.sort();
+            sums.dedup();
+            let share = epsilon / sums.len() as f64;
+            let mut scales = Vec::new();
+            let mut spent = 0.0;
+            for s in &sums {
+                let per_row = match s {
+                    Sum::Count => 1,
+                    Sum::AbsError => fixed.apply(range),
+                    Sum::Label => fixed.apply(maxabs),
+                    Sum::SqError => fixed_sq.apply(range).pow(2),
+                    Sum::LabelSq => fixed_sq.apply(maxabs).pow(2),
+                };
+                let sens = k.saturating_mul(per_row.max(1));
+                let scale = sens as f64 / share * SAFETY;
+                spent += laplace_scalar_map(scale, sens)?;
+                scales.push(scale);
+            }
+            (sums, scales, spent)
+        }
+    };
+    if spent > epsilon * (1.0 + 1e-6) {
+        return Err(Refusal("internal accounting check failed".into()));
+    }
+    Ok(CostedValidation {
+        task,
+        metrics,
+        confidence,
+        scales,
+        sums,
+        fixed,
+        fixed_sq,
+        epsilon: spent.min(epsilon),
+    })
+}
+
+/// Exact validation results, filled row by row by the executor; readable only here.
+#[derive(Debug, Clone)]
+pub struct ExactValidation {
+    /// Classification: row-major `classes × (classes + 1)`.
+    cells: Vec<i64>,
+    classes: usize,
+    sums: Vec<(Sum, i64)>,
+    lo: f64,
+    hi: f64,
+    fixed: FixedPoint,
+    fixed_sq: FixedPoint,
+}
+
+impl ExactValidation {
+    pub fn new(c: &CostedValidation) -> Self {
+        let (classes, lo, hi) = match &c.task {
+            Task::Classification { classes } => (classes.len(), 0.0, 1.0),
+            Task::Regression { lo, hi } => (0, *lo, *hi),
+        };
+        Self {
+            cells: vec![0; classes * (classes + 1)],
+            classes,
+            sums: c.sums.iter().map(|s| (*s, 0)).collect(),
+            lo,
+            hi,
+            fixed: c.fixed,
+            fixed_sq: c.fixed_sq,
+        }
+    }
+
+    /// One classified row: its true class index and the predicted one (`None` for a
+    /// prediction outside the declared classes).
+    pub fn add_classified(&mut self, truth: usize, predicted: Option<usize>) {
+        if truth >= self.classes {
+            return;
+        }
+        let col = predicted
+            .filter(|p| *p < self.classes)
+            .unwrap_or(self.classes);
+        let i = truth * (self.classes + 1) + col;
+        self.cells[i] = self.cells[i].saturating_add(1);
+    }
+
+    /// Merges another partial result (from a parallel worker).
+    pub fn merge(&mut self, other: &ExactValidation) {
+        for (a, b) in self.cells.iter_mut().zip(&other.cells) {
+            *a = a.saturating_add(*b);
+        }
+        for ((_, a), (_, b)) in self.sums.iter_mut().zip(&other.sums) {
+            *a = a.saturating_add(*b);
+        }
+    }
+
+    /// One regression row. Both values are clipped to the label's bounds first, so every
+    /// contribution is bounded whatever the model outputs (NaN counts as the lower bound).
+    pub fn add_regressed(&mut self, truth: f64, predicted: f64) {
+        let clip = |x: f64| {
+            if x.is_nan() {
+                self.lo
+            } else {
+                x.clamp(self.lo, self.hi)
+            }
+        };
+        let (y, p) = (clip(truth), clip(predicted));
+        let e = (y - p).abs();
+        for (s, v) in &mut self.sums {
+            let add = match s {
+                Sum::Count => 1,
+                Sum::AbsError => self.fixed.apply(e),
+                Sum::SqError => self.fixed_sq.apply(e).pow(2),
+                Sum::Label => self.fixed.apply(y),
+                Sum::LabelSq => self.fixed_sq.apply(y).pow(2),
+            };
+            *v = v.saturating_add(add);
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MetricValue {
+    pub name: String,
+    pub value: f64,
+    pub low: f64,
+    pub high: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NoisyConfusion {
+    /// Row labels: the true classes.
+    pub classes: Vec<String>,
+    /// Column labels: the predicted classes, then `(other)`.
+    pub predicted: Vec<String>,
+    pub cells: Vec<Vec<f64>>,
+}
+
+/// Released validation metrics. Only this crate builds one.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReleasedValidation {
+    metrics: Vec<MetricValue>,
+    confusion: Option<NoisyConfusion>,
+    epsilon: f64,
+    mechanism: &'static str,
+    noise_scales: Vec<f64>,
+    confidence: f64,
+}
+
+impl ReleasedValidation {
+    pub fn metrics(&self) -> &[MetricValue] {
+        &self.metrics
+    }
+    pub fn confusion(&self) -> Option<&NoisyConfusion> {
+        self.confusion.as_ref()
+    }
+    pub fn epsilon(&self) -> f64 {
+        self.epsilon
+    }
+    pub fn mechanism(&self) -> &'static str {
+        self.mechanism
+    }
+    pub fn noise_scales(&self) -> &[f64] {
+        &self.noise_scales
+    }
+    pub fn confidence(&self) -> f64 {
+        self.confidence
+    }
+}
+
+fn percentile(mut v: Vec<f64>, q: f64) -> f64 {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let i = ((v.len() - 1) as f64 * q).round() as usize;
+    v[i]
+}
+
+/// Continuous Laplace noise for the bootstrap (post-processing only; never released).
+fn laplace(rng: &mut impl Rng, scale: f64) -> f64 {
+    let u: f64 = rng.random_range(-0.5..0.5);
+    -scale * u.signum() * (1.0 - 2.0 * u.abs()).ln()
+}
+
+/// Classification metrics from a (noisy) matrix, counts clamped at zero. Macro averages over
+/// the true classes.
+fn class_metrics(cells: &[f64], c: usize) -> [f64; 4] {
+    let at = |t: usize, p: usize| cells[t * (c + 1) + p].max(0.0);
+    let total: f64 = (0..c)
+        .flat_map(|t| (0..=c).map(move |p| (t, p)))
+        .map(|(t, p)| at(t, p))
+        .sum();
+    let correct: f64 = (0..c).map(|i| at(i, i)).sum();
+    let accuracy = if total > 0.0 { correct / total } else { 0.0 };
+    let (mut p_sum, mut r_sum, mut f_sum) = (0.0, 0.0, 0.0);
+    for i in 0..c {
+        let tp = at(i, i);
+        let predicted: f64 = (0..c).map(|t| at(t, i)).sum();
+        let actual: f64 = (0..=c).map(|p| at(i, p)).sum();
+        let precision = if predicted > 0.0 { tp / predicted } else { 0.0 };
+        let recall = if actual > 0.0 { tp / actual } else { 0.0 };
+        let f1 = if precision + recall > 0.0 {
+            2.0 * precision * recall / (precision + recall)
+        } else {
+            0.0
+        };
+        p_sum += precision;
+        r_sum += recall;
+        f_sum += f1;
+    }
+    let n = c as f64;
+    [accuracy, p_sum / n, r_sum / n, f_sum / n].map(|x| x.clamp(0.0, 1.0))
+}
+
+fn regression_metrics(sums: &[(Sum, f64)], fixed: FixedPoint, fixed_sq: FixedPoint) -> [f64; 3] {
+    let get = |s: Sum| {
+        sums.iter()
+            .find(|(x, _)| *x == s)
+            .map_or(f64::NAN, |(_, v)| *v)
+    };
+    let n = get(Sum::Count).max(1.0);
+    let f = fixed.factor();
+    let f2 = fixed_sq.factor() * fixed_sq.factor();
+    let mae = (get(Sum::AbsError) / f / n).max(0.0);
+    let mse = (get(Sum::SqError) / f2 / n).max(0.0);
+    let sy = get(Sum::Label) / f;
+    let syy = get(Sum::LabelSq) / f2;
+    let sst = syy - sy * sy / n;
+    let r2 = if sst > 0.0 {
+        1.0 - mse * n / sst
+    } else {
+        f64::NAN
+    };
+    [mae, mse.sqrt(), r2.min(1.0)]
+}
+
+/// Adds the noise and derives the metrics.
+pub fn release_validation(
+    c: &CostedValidation,
+    exact: ExactValidation,
+    rng: &mut impl Rng,
+) -> Result<ReleasedValidation, crate::ReleaseError> {
+    let engine = |e: opendp::error::Error| {
+        crate::ReleaseError::Engine(format!(
+            "{:?}: {}",
+            e.variant,
+            e.message.unwrap_or_default()
+        ))
+    };
+    let noisy = |values: Vec<i64>, scale: f64| -> Result<Vec<i64>, crate::ReleaseError> {
+        opendp::measurements::make_laplace::<_, _, opendp::measures::MaxDivergence>(
+            opendp::domains::VectorDomain::new(opendp::domains::AtomDomain::<i64>::default()),
+            opendp::metrics::L1Distance::<i64>::default(),
+            scale,
+            None,
+        )
+        .and_then(|m| m.invoke(&values))
+        .map_err(engine)
+    };
+    let alpha = 1.0 - c.confidence;
+    let mut metrics = Vec::new();
+    let mut confusion = None;
+    let noise_scales;
+    match &c.task {
+        Task::Classification { classes } => {
+            let k = classes.len();
+            let scale = c.scales[0];
+            let released: Vec<f64> = noisy(exact.cells, scale)?
+                .into_iter()
+                .map(|x| x as f64)
+                .collect();
+            let point = class_metrics(&released, k);
+            let mut draws: [Vec<f64>; 4] = Default::default();
+            for _ in 0..BOOTSTRAP_DRAWS {
+                let sim: Vec<f64> = released.iter().map(|x| x - laplace(rng, scale)).collect();
+                for (d, v) in draws.iter_mut().zip(class_metrics(&sim, k)) {
+                    d.push(v);
+                }
+            }
+            for (i, m) in [
+                Metric::Accuracy,
+                Metric::Precision,
+                Metric::Recall,
+                Metric::F1,
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                if c.metrics.contains(&m) {
+                    metrics.push(MetricValue {
+                        name: m.name().into(),
+                        value: point[i],
+                        low: percentile(draws[i].clone(), alpha / 2.0),
+                        high: percentile(draws[i].clone(), 1.0 - alpha / 2.0),
+                    });
+                }
+            }
+            if c.metrics.contains(&Metric::Confusion) {
+                let mut predicted = classes.clone();
+                predicted.push("(other)".into());
+                confusion = Some(NoisyConfusion {
+                    classes: classes.clone(),
+                    predicted,
+                    cells: released.chunks(k + 1).map(<[f64]>::to_vec).collect(),
+                });
+            }
+            noise_scales = vec![scale];
+        }
+        Task::Regression { .. } => {
+            let mut released = Vec::new();
+            for ((s, v), scale) in exact.sums.iter().zip(&c.scales) {
+                released.push((*s, noisy(vec![*v], *scale)?[0] as f64));
+            }
+            let point = regression_metrics(&released, c.fixed, c.fixed_sq);
+            let mut draws: [Vec<f64>; 3] = Default::default();
+            for _ in 0..BOOTSTRAP_DRAWS {
+                let sim: Vec<(Sum, f64)> = released
+                    .iter()
+                    .zip(&c.scales)
+                    .map(|((s, v), scale)| (*s, v - laplace(rng, *scale)))
+                    .collect();
+                for (d, v) in draws
+                    .iter_mut()
+                    .zip(regression_metrics(&sim, c.fixed, c.fixed_sq))
+                {
+                    d.push(v);
+                }
+            }
+            for (i, m) in [Metric::Mae, Metric::Rmse, Metric::R2]
+                .into_iter()
+                .enumerate()
+            {
+                if c.metrics.contains(&m) {
+                    metrics.push(MetricValue {
+                        name: m.name().into(),
+                        value: point[i],
+                        low: percentile(draws[i].clone(), alpha / 2.0),
+                        high: percentile(draws[i].clone(), 1.0 - alpha / 2.0),
+                    });
+                }
+            }
+            noise_scales = c
+                .sums
+                .iter()
+                .zip(&c.scales)
+                .map(|(s, scale)| match s {
+                    Sum::Count => *scale,
+                    Sum::AbsError | Sum::Label => scale / c.fixed.factor(),
+                    Sum::SqError | Sum::LabelSq => {
+                        scale / (c.fixed_sq.factor() * c.fixed_sq.factor())
+                    }
+                })
+                .collect();
+        }
+    }
+    Ok(ReleasedValidation {
+        metrics,
+        confusion,
+        epsilon: c.epsilon,
+        mechanism: "discrete_laplace",
+        noise_scales,
+        confidence: c.confidence,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+
+    fn binary() -> Task {
+        Task::Classification {
+            classes: vec!["malignant".into(), "benign".into()],
+        }
+    }
+
+    #[test]
+    fn metrics_must_fit_the_task() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(parse_metrics(&names(&["accuracy", "f1", "confusion"]), &binary()).is_ok());
+        let e = parse_metrics(&names(&["rmse"]), &binary()).expect_err("regression metric");
+        assert!(e.0.contains("regression metric"), "{e}");
+        assert!(parse_metrics(&names(&["auc"]), &binary()).is_err());
+    }
+
+    #[test]
+    fn a_generous_epsilon_recovers_the_confusion_matrix_and_its_metrics() {
+        let c = cost_validation(
+            binary(),
+            vec![Metric::Accuracy, Metric::F1, Metric::Confusion],
+            10.0,
+            0.95,
+            &PrivacyUnit::Row,
+        )
+        .expect("cost");
+        assert!(c.epsilon <= 10.0 && c.epsilon > 9.99);
+        let mut e = ExactValidation::new(&c);
+        // 900 correct, 100 wrong, 5 predictions outside the classes.
+        for i in 0..1005 {
+            let truth = i % 2;
+            let pred = if i < 900 {
+                Some(truth)
+            } else if i < 1000 {
+                Some(1 - truth)
+            } else {
+                None
+            };
+            e.add_classified(truth, pred);
+        }
+        let r =
+            release_validation(&c, e, &mut rand::rngs::StdRng::seed_from_u64(1)).expect("release");
+        let acc = &r.metrics()[0];
+        assert_eq!(acc.name, "accuracy");
+        let truth = 900.0 / 1005.0;
+        assert!((acc.value - truth).abs() < 0.01, "{acc:?}");
+        assert!(acc.low <= truth && truth <= acc.high, "{acc:?}");
+        let m = r.confusion().expect("confusion");
+        assert_eq!(m.predicted.last().map(String::as_str), Some("(other)"));
+        assert!((m.cells[0][2] - 3.0).abs() < 5.0, "{:?}", m.cells);
+    }
+
+    #[test]
+    fn regression_sums_are_clipped_and_released() {
+        let task = Task::Regression { lo: 0.0, hi: 100.0 };
+        let c = cost_validation(
+            task,
+            vec![Metric::Mae, Metric::Rmse, Metric::R2],
+            20.0,
+            0.95,
+            &PrivacyUnit::Row,
+        )
+        .expect("cost");
+        let mut e = ExactValidation::new(&c);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        for _ in 0..5_000 {
+            let y: f64 = rng.random_range(0.0..100.0);
+            e.add_regressed(y, y + 2.0);
+        }
+        // A wild prediction is clipped to the bounds: it cannot move a sum by more than the
+        // bounded contribution.
+        e.add_regressed(50.0, 1e12);
+        e.add_regressed(50.0, f64::NAN);
+        let r = release_validation(&c, e, &mut rng).expect("release");
+        let get = |n: &str| {
+            r.metrics()
+                .iter()
+                .find(|m| m.name == n)
+                .expect("metric")
+                .clone()
+        };
+        assert!((get("mae").value - 2.0).abs() < 0.5, "{:?}", get("mae"));
+        assert!((get("rmse").value - 2.0).abs() < 2.0, "{:?}", get("rmse"));
+        assert!(get("r2").value > 0.9, "{:?}", get("r2"));
+    }
+}

@@ -1,0 +1,387 @@
+//! What an uploaded ONNX model is, decided from its protobuf before anything runs.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use tract_onnx::pb::{self, ModelProto};
+use tract_onnx::prelude::Framework;
+
+use crate::{Limits, ModelError, guarded};
+
+/// ONNX element types (TensorProto.DataType).
+const FLOAT: i32 = 1;
+const INT32: i32 = 6;
+const INT64: i32 = 7;
+const STRING: i32 = 8;
+const DOUBLE: i32 = 11;
+
+/// Operators a model may use: arithmetic, activations, shape plumbing and the scikit-learn
+/// ONNX-ML family. No control flow (Loop, If, Scan), no custom domains: a validation run must
+/// be a fixed, bounded computation.
+const ALLOWED: &[(&str, &[&str])] = &[
+    (
+        "ai.onnx",
+        &[
+            "Abs",
+            "Add",
+            "ArgMax",
+            "BatchNormalization",
+            "Cast",
+            "Clip",
+            "Concat",
+            "Constant",
+            "Div",
+            "Equal",
+            "Erf",
+            "Exp",
+            "Flatten",
+            "Gather",
+            "Gemm",
+            "Greater",
+            "Identity",
+            "LeakyRelu",
+            "Less",
+            "Log",
+            "LogSoftmax",
+            "MatMul",
+            "Max",
+            "Min",
+            "Mul",
+            "Neg",
+            "Not",
+            "Pow",
+            "ReduceMax",
+            "ReduceMean",
+            "ReduceSum",
+            "Relu",
+            "Reshape",
+            "Shape",
+            "Sigmoid",
+            "Slice",
+            "Softmax",
+            "Softplus",
+            "Sqrt",
+            "Squeeze",
+            "Sub",
+            "Tanh",
+            "Transpose",
+            "Unsqueeze",
+            "Where",
+        ],
+    ),
+    (
+        "ai.onnx.ml",
+        &[
+            "ArrayFeatureExtractor",
+            "LinearClassifier",
+            "LinearRegressor",
+            "Normalizer",
+            "Scaler",
+            "TreeEnsembleClassifier",
+            "ZipMap",
+        ],
+    ),
+];
+
+/// The allow-list as `domain:Op` strings, for error messages and documentation.
+pub fn allowed_operators() -> Vec<String> {
+    ALLOWED
+        .iter()
+        .flat_map(|(d, ops)| ops.iter().map(move |o| format!("{d}:{o}")))
+        .collect()
+}
+
+fn domain(d: &str) -> &str {
+    if d.is_empty() { "ai.onnx" } else { d }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoInfo {
+    pub name: String,
+    /// `float`, `double`, `int64`, `int32`, `string` or `other`.
+    pub dtype: String,
+    /// Dimensions; `None` for symbolic ones (the batch).
+    pub shape: Vec<Option<i64>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClassLabels {
+    Ints(Vec<i64>),
+    Strings(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ModelKind {
+    /// Emits a label tensor (int64 or string), possibly with scores.
+    Classifier {
+        label_output: String,
+        classes: Option<ClassLabels>,
+    },
+    /// Emits a score per class (probabilities or logits); the prediction is the argmax.
+    ScoreClassifier {
+        scores_output: String,
+        classes: usize,
+    },
+    /// Emits one number per row.
+    Regressor { output: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelSummary {
+    pub input: IoInfo,
+    /// Outputs used (ZipMap outputs are replaced by the tensors they wrap).
+    pub outputs: Vec<IoInfo>,
+    pub n_features: usize,
+    pub kind: ModelKind,
+    /// Operator counts, `domain:Op` → n.
+    pub operators: BTreeMap<String, usize>,
+    pub producer: String,
+    pub opset: i64,
+    pub size_bytes: usize,
+}
+
+fn dtype_name(t: i32) -> &'static str {
+    match t {
+        FLOAT => "float",
+        DOUBLE => "double",
+        INT64 => "int64",
+        INT32 => "int32",
+        STRING => "string",
+        _ => "other",
+    }
+}
+
+fn io_info(v: &pb::ValueInfoProto) -> IoInfo {
+    let (dtype, shape) = match v.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(pb::type_proto::Value::TensorType(tt)) => (
+            dtype_name(tt.elem_type),
+            tt.shape
+                .as_ref()
+                .map(|s| {
+                    s.dim
+                        .iter()
+                        .map(|d| match &d.value {
+                            Some(pb::tensor_shape_proto::dimension::Value::DimValue(v))
+                                if *v > 0 =>
+                            {
+                                Some(*v)
+                            }
+                            _ => None,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        ),
+        _ => ("other", Vec::new()),
+    };
+    IoInfo {
+        name: v.name.clone(),
+        dtype: dtype.to_string(),
+        shape,
+    }
+}
+
+/// Decodes the protobuf (guarded against loader panics).
+pub(crate) fn decode(bytes: &[u8]) -> Result<ModelProto, ModelError> {
+    guarded("decoding", || {
+        tract_onnx::onnx()
+            .proto_model_for_read(&mut &bytes[..])
+            .map_err(|e| ModelError::Corrupt(format!("{e}")))
+    })
+}
+
+fn attr_strings(n: &pb::NodeProto, name: &str) -> Option<Vec<String>> {
+    n.attribute
+        .iter()
+        .find(|a| a.name == name)
+        .map(|a| {
+            a.strings
+                .iter()
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect::<Vec<_>>()
+        })
+        .filter(|v| !v.is_empty())
+}
+
+fn attr_ints(n: &pb::NodeProto, name: &str) -> Option<Vec<i64>> {
+    n.attribute
+        .iter()
+        .find(|a| a.name == name)
+        .map(|a| a.ints.clone())
+        .filter(|v| !v.is_empty())
+}
+
+/// Inspects and type-checks an uploaded model. Succeeds only if the model is in the
+/// supported subset, its input is one feature vector of known width, its outputs say what it
+/// predicts, and tract can plan and run it.
+pub fn inspect(bytes: &[u8], limits: Limits) -> Result<ModelSummary, ModelError> {
+    if bytes.len() > limits.max_bytes {
+        return Err(ModelError::TooLarge {
+            limit: limits.max_bytes,
+        });
+    }
+    let proto = decode(bytes)?;
+    let graph = proto
+        .graph
+        .as_ref()
+        .ok_or_else(|| ModelError::Corrupt("the file has no graph".into()))?;
+    if graph.node.is_empty() {
+        return Err(ModelError::Corrupt("the graph has no operators".into()));
+    }
+
+    let mut operators = BTreeMap::new();
+    for n in &graph.node {
+        let d = domain(&n.domain);
+        let allowed = ALLOWED
+            .iter()
+            .any(|(ad, ops)| *ad == d && ops.contains(&n.op_type.as_str()));
+        if !allowed {
+            return Err(ModelError::Unsupported(format!(
+                "operator {d}:{} is not allowed on this node (no control flow or custom operators); allowed: {}",
+                n.op_type,
+                allowed_operators().join(", ")
+            )));
+        }
+        *operators.entry(format!("{d}:{}", n.op_type)).or_insert(0) += 1;
+    }
+
+    // The one input: a feature vector or a batch of them.
+    let initializers: Vec<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let inputs: Vec<&pb::ValueInfoProto> = graph
+        .input
+        .iter()
+        .filter(|i| !initializers.contains(&i.name.as_str()))
+        .collect();
+    let [input] = inputs.as_slice() else {
+        return Err(ModelError::Unsupported(format!(
+            "the model must take one input (a vector of features); it takes {}",
+            inputs.len()
+        )));
+    };
+    let input = io_info(input);
+    if !matches!(input.dtype.as_str(), "float" | "double" | "int64" | "int32") {
+        return Err(ModelError::Unsupported(format!(
+            "the input {} must be a float or integer tensor, not {}",
+            input.name, input.dtype
+        )));
+    }
+    let n_features = match input.shape.as_slice() {
+        [_, Some(f)] | [Some(f)] => usize::try_from(*f).unwrap_or(0),
+        [_, None] | [None] => {
+            return Err(ModelError::Unsupported(
+                "the model's number of input features is not fixed".into(),
+            ));
+        }
+        other => {
+            return Err(ModelError::Unsupported(format!(
+                "the input must be a vector of features ([batch, features]); its shape has {} dimensions",
+                other.len()
+            )));
+        }
+    };
+    if n_features == 0 || n_features > limits.max_features {
+        return Err(ModelError::Unsupported(format!(
+            "the model takes {n_features} features; 1 to {} are supported",
+            limits.max_features
+        )));
+    }
+
+    // Outputs, with ZipMap (a sequence of maps, which no tensor runtime has) replaced by the
+    // probability tensor it wraps.
+    let zipmaps: Vec<&pb::NodeProto> = graph
+        .node
+        .iter()
+        .filter(|n| n.op_type == "ZipMap")
+        .collect();
+    let mut outputs: Vec<IoInfo> = Vec::new();
+    for o in &graph.output {
+        if let Some(z) = zipmaps.iter().find(|z| z.output.contains(&o.name)) {
+            if let Some(inner) = z.input.first() {
+                outputs.push(IoInfo {
+                    name: inner.clone(),
+                    dtype: "float".into(),
+                    shape: vec![None, None],
+                });
+            }
+        } else {
+            outputs.push(io_info(o));
+        }
+    }
+
+    let classes = graph.node.iter().find_map(|n| {
+        if !matches!(
+            n.op_type.as_str(),
+            "LinearClassifier" | "TreeEnsembleClassifier"
+        ) {
+            return None;
+        }
+        attr_ints(n, "classlabels_ints")
+            .or_else(|| attr_ints(n, "classlabels_int64s"))
+            .map(ClassLabels::Ints)
+            .or_else(|| attr_strings(n, "classlabels_strings").map(ClassLabels::Strings))
+    });
+    let label = outputs
+        .iter()
+        .find(|o| matches!(o.dtype.as_str(), "int64" | "int32" | "string"));
+    let floats: Vec<&IoInfo> = outputs
+        .iter()
+        .filter(|o| o.dtype == "float" || o.dtype == "double")
+        .collect();
+    let regressor_op = graph.node.iter().any(|n| n.op_type == "LinearRegressor");
+    let kind = if let Some(l) = label {
+        ModelKind::Classifier {
+            label_output: l.name.clone(),
+            classes,
+        }
+    } else {
+        match floats.as_slice() {
+            [f] => match f.shape.last().copied().flatten() {
+                Some(c) if c >= 2 && !regressor_op => ModelKind::ScoreClassifier {
+                    scores_output: f.name.clone(),
+                    classes: usize::try_from(c).unwrap_or(2),
+                },
+                Some(1) | None if f.shape.len() <= 2 => ModelKind::Regressor {
+                    output: f.name.clone(),
+                },
+                _ => {
+                    return Err(ModelError::Unsupported(format!(
+                        "cannot tell what the output {} predicts (shape {:?})",
+                        f.name, f.shape
+                    )));
+                }
+            },
+            [] => {
+                return Err(ModelError::Unsupported(
+                    "the model has no label, score or value output".into(),
+                ));
+            }
+            _ => {
+                return Err(ModelError::Unsupported(
+                    "the model has several numeric outputs and no label output; export it with one"
+                        .into(),
+                ));
+            }
+        }
+    };
+
+    let summary = ModelSummary {
+        input,
+        outputs,
+        n_features,
+        kind,
+        operators,
+        producer: proto.producer_name.clone(),
+        opset: proto
+            .opset_import
+            .iter()
+            .find(|o| domain(&o.domain) == "ai.onnx")
+            .map_or(0, |o| o.version),
+        size_bytes: bytes.len(),
+    };
+    // Finally, can it be planned and run? (Unsupported attribute modes fail here.)
+    let model = crate::runtime::Model::from_proto(&proto, &summary)?;
+    model.predict(&vec![0.0; summary.n_features], 1)?;
+    Ok(summary)
+}

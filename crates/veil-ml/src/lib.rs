@@ -1,0 +1,63 @@
+//! ONNX models: inspect and type-check an upload, then run it on feature matrices.
+//!
+//! Pure computation over bytes (no files, no network). Uploaded models are untrusted input:
+//! [`inspect`] decodes the protobuf itself, checks every operator against an allow-list
+//! (no control flow, no custom domains), works out what the model computes (classifier with a
+//! label output, classifier via argmax over scores, or regressor), and then builds a tract
+//! plan and runs one row, all under `catch_unwind` because the ONNX loader has panicking paths
+//! on malformed files. [`Model`] runs batches; a plan is `Send + Sync` and may be shared by
+//! a worker pool.
+
+mod inspect;
+pub mod labels;
+mod ops;
+mod runtime;
+
+pub use inspect::{ClassLabels, IoInfo, ModelKind, ModelSummary, allowed_operators, inspect};
+pub use labels::ClassMap;
+pub use runtime::{Model, Prediction};
+
+/// Upload limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_bytes: usize,
+    /// Most input features.
+    pub max_features: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 64 * 1024 * 1024,
+            max_features: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelError {
+    #[error("the model is larger than the node's limit of {limit} bytes")]
+    TooLarge { limit: usize },
+    /// Not a readable ONNX file.
+    #[error("not a valid ONNX model: {0}")]
+    Corrupt(String),
+    /// A valid model this node will not run.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The input is not what the caller gives it.
+    #[error("{0}")]
+    Input(String),
+    /// The model failed while running.
+    #[error("the model failed: {0}")]
+    Run(String),
+}
+
+/// Runs `f`, turning a panic inside the ONNX machinery into an error.
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, ModelError>) -> Result<T, ModelError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(_) => Err(ModelError::Corrupt(format!(
+            "{what} failed on a malformed model"
+        ))),
+    }
+}

@@ -1,0 +1,232 @@
+//! Running a checked model on batches of rows.
+
+use std::sync::Arc;
+
+use tract_onnx::pb::ModelProto;
+use tract_onnx::prelude::*;
+
+use crate::inspect::{ClassLabels, ModelKind, ModelSummary, decode};
+use crate::{ModelError, guarded};
+
+/// A model's predictions for a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prediction {
+    IntLabels(Vec<i64>),
+    StringLabels(Vec<String>),
+    /// Argmax over class scores: the class index per row.
+    ClassIndices(Vec<usize>),
+    Values(Vec<f64>),
+}
+
+/// A planned model, shareable across threads.
+pub struct Model {
+    plan: Arc<TypedSimplePlan>,
+    n_features: usize,
+    input_type: DatumType,
+    kind: ModelKind,
+    /// Set for binary tree ensembles: labels are derived from the probabilities (see
+    /// [`binary_tree_probabilities`]).
+    binary_labels: Option<ClassLabels>,
+}
+
+/// tract's `TreeEnsembleClassifier` computes its label output by an argmax taken *before* it
+/// expands scikit-learn's binary layout (one weight per leaf, the second class's probability),
+/// so that label is always the first class. Its probability output is right; for such models
+/// the label is read from there. Returns the probability output's name.
+fn binary_tree_probabilities(proto: &ModelProto) -> Option<String> {
+    let graph = proto.graph.as_ref()?;
+    let node = graph
+        .node
+        .iter()
+        .find(|n| n.op_type == "TreeEnsembleClassifier")?;
+    let ids = node
+        .attribute
+        .iter()
+        .find(|a| a.name == "class_ids")
+        .map(|a| a.ints.clone())?;
+    let single = ids.windows(2).all(|w| w[0] == w[1]);
+    (single && node.output.len() == 2).then(|| node.output[1].clone())
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("n_features", &self.n_features)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+fn run_err(e: impl std::fmt::Display) -> ModelError {
+    ModelError::Run(e.to_string())
+}
+
+impl Model {
+    /// Plans a model that [`crate::inspect`] accepted.
+    pub fn load(bytes: &[u8], summary: &ModelSummary) -> Result<Self, ModelError> {
+        let proto = decode(bytes)?;
+        Self::from_proto(&proto, summary)
+    }
+
+    pub(crate) fn from_proto(
+        proto: &ModelProto,
+        summary: &ModelSummary,
+    ) -> Result<Self, ModelError> {
+        guarded("planning", || {
+            let mut onnx = tract_onnx::onnx();
+            crate::ops::register(&mut onnx.op_register);
+            let mut model = onnx
+                .model_for_proto_model(proto)
+                .map_err(|e| ModelError::Unsupported(format!("the model cannot be loaded: {e}")))?;
+            let binary_labels = match &summary.kind {
+                ModelKind::Classifier {
+                    classes: Some(c), ..
+                } if class_count(c) == 2 => {
+                    binary_tree_probabilities(proto).map(|p| (p, c.clone()))
+                }
+                _ => None,
+            };
+            let output = match (&summary.kind, &binary_labels) {
+                (_, Some((probs, _))) => probs,
+                (ModelKind::Classifier { label_output, .. }, None) => label_output,
+                (ModelKind::ScoreClassifier { scores_output, .. }, None) => scores_output,
+                (ModelKind::Regressor { output }, None) => output,
+            };
+            // Keep only the output we read; this also drops any ZipMap.
+            model = model
+                .with_outputs_by_name([output.as_str()])
+                .map_err(|e| ModelError::Unsupported(format!("output {output}: {e}")))?;
+            let input_type = match summary.input.dtype.as_str() {
+                "double" => f64::datum_type(),
+                "int64" => i64::datum_type(),
+                "int32" => i32::datum_type(),
+                _ => f32::datum_type(),
+            };
+            let n = model.sym("N");
+            let fact = if summary.input.shape.len() == 1 {
+                InferenceFact::dt_shape(input_type, [summary.n_features.to_dim()])
+            } else {
+                InferenceFact::dt_shape(input_type, [n.to_dim(), summary.n_features.to_dim()])
+            };
+            model
+                .set_input_fact(0, fact)
+                .map_err(|e| ModelError::Unsupported(format!("input: {e}")))?;
+            let plan = model
+                .into_optimized()
+                .and_then(|m| m.into_runnable())
+                .map_err(|e| {
+                    ModelError::Unsupported(format!("the model cannot be planned: {e:#}"))
+                })?;
+            Ok(Self {
+                plan,
+                n_features: summary.n_features,
+                input_type,
+                kind: summary.kind.clone(),
+                binary_labels: binary_labels.map(|(_, c)| c),
+            })
+        })
+    }
+
+    pub fn n_features(&self) -> usize {
+        self.n_features
+    }
+
+    pub fn kind(&self) -> &ModelKind {
+        &self.kind
+    }
+
+    /// Runs the model on `rows` rows of `n_features` values, row-major.
+    pub fn predict(&self, features: &[f32], rows: usize) -> Result<Prediction, ModelError> {
+        if features.len() != rows * self.n_features {
+            return Err(ModelError::Input(format!(
+                "expected {} values ({rows} rows × {} features), got {}",
+                rows * self.n_features,
+                self.n_features,
+                features.len()
+            )));
+        }
+        guarded("running", || {
+            let x = Tensor::from_shape(&[rows, self.n_features], features).map_err(run_err)?;
+            let x = if self.input_type == f32::datum_type() {
+                x
+            } else {
+                x.cast_to_dt(self.input_type).map_err(run_err)?.into_owned()
+            };
+            let out = self.plan.run(tvec!(x.into())).map_err(run_err)?;
+            let t = out.first().ok_or_else(|| run_err("no output"))?;
+            if let Some(classes) = &self.binary_labels {
+                let s = t.cast_to::<f32>().map_err(run_err)?;
+                let v = s.to_plain_array_view::<f32>().map_err(run_err)?;
+                let flat: Vec<f32> = v.iter().copied().collect();
+                let second: Vec<bool> = flat
+                    .chunks(2)
+                    .map(|p| p.len() == 2 && p[1] > p[0])
+                    .collect();
+                if second.len() != rows {
+                    return Err(run_err(format!(
+                        "{} probability rows for {rows} rows",
+                        second.len()
+                    )));
+                }
+                return Ok(match classes {
+                    ClassLabels::Ints(c) => {
+                        Prediction::IntLabels(second.iter().map(|&b| c[usize::from(b)]).collect())
+                    }
+                    ClassLabels::Strings(c) => Prediction::StringLabels(
+                        second.iter().map(|&b| c[usize::from(b)].clone()).collect(),
+                    ),
+                });
+            }
+            match &self.kind {
+                ModelKind::Classifier { .. } => {
+                    if t.datum_type() == String::datum_type() {
+                        let v = t.to_plain_array_view::<String>().map_err(run_err)?;
+                        Ok(Prediction::StringLabels(v.iter().cloned().collect()))
+                    } else {
+                        // skl2onnx casts labels to int64, which tract models as TDim.
+                        let ints = t.cast_to::<i64>().map_err(run_err)?;
+                        let v = ints.to_plain_array_view::<i64>().map_err(run_err)?;
+                        Ok(Prediction::IntLabels(v.iter().copied().collect()))
+                    }
+                }
+                ModelKind::ScoreClassifier { .. } => {
+                    let s = t.cast_to::<f32>().map_err(run_err)?;
+                    let v = s.to_plain_array_view::<f32>().map_err(run_err)?;
+                    let classes = v.shape().last().copied().unwrap_or(1).max(1);
+                    let flat: Vec<f32> = v.iter().copied().collect();
+                    Ok(Prediction::ClassIndices(
+                        flat.chunks(classes)
+                            .map(|row| {
+                                row.iter()
+                                    .enumerate()
+                                    .fold((0, f32::NEG_INFINITY), |best, (i, x)| {
+                                        if *x > best.1 { (i, *x) } else { best }
+                                    })
+                                    .0
+                            })
+                            .collect(),
+                    ))
+                }
+                ModelKind::Regressor { .. } => {
+                    let s = t.cast_to::<f64>().map_err(run_err)?;
+                    let v = s.to_plain_array_view::<f64>().map_err(run_err)?;
+                    let values: Vec<f64> = v.iter().copied().collect();
+                    if values.len() != rows {
+                        return Err(run_err(format!("{} outputs for {rows} rows", values.len())));
+                    }
+                    Ok(Prediction::Values(values))
+                }
+            }
+        })
+    }
+}
+
+fn class_count(c: &ClassLabels) -> usize {
+    match c {
+        ClassLabels::Ints(v) => v.len(),
+        ClassLabels::Strings(v) => v.len(),
+    }
+}
+
+#[cfg(test)]
+mod tests;
