@@ -64,7 +64,7 @@ error_codes! {
     RoleInUse => ("role_in_use", 409, "The role is still assigned to users."),
     PresetRole => ("preset_role", 409, "Preset roles cannot be created, changed or deleted."),
     LastOwner => ("last_owner", 409, "The change would leave the node without an enabled owner."),
-    CannotModifySelf => ("cannot_modify_self", 409, "Users cannot disable or change the role of their own account."),
+    CannotModifySelf => ("cannot_modify_self", 409, "Users cannot act on themselves: disable or change the role of their own account, or approve their own request."),
     InvalidInput => ("invalid_input", 400, "A field is missing, has the wrong type, or fails validation."),
     MalformedJson => ("malformed_json", 400, "The body is not valid JSON."),
     UnsupportedMediaType => ("unsupported_media_type", 415, "The body must be sent as application/json."),

@@ -116,6 +116,9 @@ impl Core {
                 rayon::ThreadPoolBuilder::new()
                     .num_threads(settings.model_threads.max(1))
                     .thread_name(|i| format!("veil-model-{i}"))
+                    // Without a handler a panicking job aborts the whole node; with it, the job's
+                    // result channel closes and the caller reports an error.
+                    .panic_handler(|_| tracing::error!("a model worker job panicked"))
                     .build()
                     .unwrap_or_else(|_| {
                         // Building a pool only fails if threads cannot be spawned at all.

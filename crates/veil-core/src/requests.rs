@@ -206,6 +206,12 @@ impl Core {
     /// Approves a pending request and runs it (charging the requester's budget).
     pub async fn approve_request(&self, p: &Principal, id: i64) -> Result<RequestRecord> {
         p.require(Permission::RequestsReview)?;
+        // Review means a second person: nobody approves their own request.
+        if self.get_request(p, id).await?.requester_id == p.user.id {
+            return Err(CoreError::Conflict(Conflict::SelfAction(
+                "you cannot approve your own request",
+            )));
+        }
         let record = self
             .transition(p, id, RequestStatus::Approved, None)
             .await?;
@@ -344,9 +350,14 @@ impl Core {
                 NewAuditEntry::new(actor, "request.run", format!("request:{id}")),
             )
             .await?;
-        let params: Params = serde_json::from_str(&record.parameters)
-            .map_err(|e| CoreError::Internal(e.to_string()))?;
-        match self.run_validation(actor, &record, &params).await {
+        // From here on every outcome ends in `finish`: a request never stays `running`.
+        let outcome = match serde_json::from_str::<Params>(&record.parameters) {
+            Ok(params) => self.run_validation(actor, &record, &params).await,
+            Err(e) => Err(CoreError::Internal(format!(
+                "stored request parameters: {e}"
+            ))),
+        };
+        match outcome {
             Ok(result) => {
                 self.finish(actor, id, RequestStatus::Done, None, Some(result))
                     .await
@@ -528,6 +539,57 @@ impl Core {
     }
 }
 
+/// A label no category can have (categories are printable text).
+const FAILED_ROW: &str = "\u{0}failed";
+
+/// Predicts a batch one row at a time. A row the model fails on gets a prediction no class
+/// map recognises (so it counts in the "(other)" column) or NaN (clipped to the lower bound).
+fn predict_row_by_row(model: &Model, batch: &veil_datasets::ScanBatch) -> Prediction {
+    let width = model.n_features().max(1);
+    let rows: Vec<Option<Prediction>> = batch
+        .features
+        .chunks(width)
+        .take(batch.rows)
+        .map(|row| model.predict(row, 1).ok())
+        .collect();
+    match rows.iter().flatten().next() {
+        Some(Prediction::Values(_)) => Prediction::Values(
+            rows.iter()
+                .map(|p| match p {
+                    Some(Prediction::Values(v)) => v.first().copied().unwrap_or(f64::NAN),
+                    _ => f64::NAN,
+                })
+                .collect(),
+        ),
+        Some(Prediction::IntLabels(_)) => Prediction::IntLabels(
+            rows.iter()
+                .map(|p| match p {
+                    Some(Prediction::IntLabels(v)) => v.first().copied().unwrap_or(i64::MIN),
+                    _ => i64::MIN,
+                })
+                .collect(),
+        ),
+        Some(Prediction::ClassIndices(_)) => Prediction::ClassIndices(
+            rows.iter()
+                .map(|p| match p {
+                    Some(Prediction::ClassIndices(v)) => v.first().copied().unwrap_or(usize::MAX),
+                    _ => usize::MAX,
+                })
+                .collect(),
+        ),
+        Some(Prediction::StringLabels(_)) | None => Prediction::StringLabels(
+            rows.iter()
+                .map(|p| match p {
+                    Some(Prediction::StringLabels(v)) => {
+                        v.first().cloned().unwrap_or_else(|| FAILED_ROW.into())
+                    }
+                    _ => FAILED_ROW.into(),
+                })
+                .collect(),
+        ),
+    }
+}
+
 /// Runs the model on one batch and tallies it (on a model-pool thread).
 fn score_batch(
     model: &Model,
@@ -536,9 +598,13 @@ fn score_batch(
     batch: veil_datasets::ScanBatch,
 ) -> Result<ExactValidation> {
     let mut exact = ExactValidation::new(costed);
-    let prediction = model
-        .predict(&batch.features, batch.rows)
-        .map_err(|e| invalid(format!("the model failed on the data: {e}")))?;
+    // Whether a model fails may depend on the private rows (a model can be built to fail on
+    // one value), so a failure must not end the run or reach the requester: rows the model
+    // cannot predict count as wrong predictions inside the DP release instead.
+    let prediction = match model.predict(&batch.features, batch.rows) {
+        Ok(p) => p,
+        Err(_) => predict_row_by_row(model, &batch),
+    };
     match (classes, &batch.labels, &prediction) {
         (Some(map), veil_datasets::Labels::Text(labels), _) => {
             for (i, l) in labels.iter().enumerate() {

@@ -320,11 +320,24 @@ async fn review_policy_requests_and_approvals() {
     );
     expect_code(officer.deny_request(pending.id, " ").await, "invalid_input");
 
+    // The owner holds both permissions, but review needs a second person.
+    let own = s
+        .owner
+        .validate("tumour-lr", &body(1.0, &["accuracy"]))
+        .await
+        .expect("file");
+    let msg = expect_code(s.owner.approve_request(own.id).await, "cannot_modify_self");
+    assert!(msg.contains("own request"), "{msg}");
+    officer
+        .deny_request(own.id, "filed by the approver")
+        .await
+        .expect("deny");
+
     // Requesters see only their own requests.
     let other = s.node.user("bo@lab.org", "data-scientist").await;
     expect_code(other.get_request(pending.id).await, "request_not_found");
     assert!(other.list_requests(None).await.expect("own").is_empty());
-    assert_eq!(officer.list_requests(None).await.expect("all").len(), 2);
+    assert_eq!(officer.list_requests(None).await.expect("all").len(), 3);
 
     let audit = s
         .owner

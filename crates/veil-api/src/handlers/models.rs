@@ -286,22 +286,18 @@ pub(crate) async fn validate(
     ApiPath(name): ApiPath<String>,
     ApiJson(b): ApiJson<ValidateRequestBody>,
 ) -> ApiResult<Json<RequestView>> {
-    let r = s
-        .core
-        .validate(
-            &p,
-            &ValidationRequest {
-                model: name,
-                version: b.version,
-                dataset: b.dataset,
-                features: b.features,
-                label: b.label,
-                metrics: b.metrics,
-                epsilon: b.epsilon,
-                confidence: b.confidence,
-            },
-        )
-        .await?;
+    let req = ValidationRequest {
+        model: name,
+        version: b.version,
+        dataset: b.dataset,
+        features: b.features,
+        label: b.label,
+        metrics: b.metrics,
+        epsilon: b.epsilon,
+        confidence: b.confidence,
+    };
+    let core = s.core.clone();
+    let r = detached(async move { core.validate(&p, &req).await }).await?;
     Ok(Json(request_view(r)))
 }
 
@@ -369,7 +365,21 @@ pub(crate) async fn approve(
     Caller(p): Caller,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<Json<RequestView>> {
-    Ok(Json(request_view(s.core.approve_request(&p, id).await?)))
+    let core = s.core.clone();
+    Ok(Json(request_view(
+        detached(async move { core.approve_request(&p, id).await }).await?,
+    )))
+}
+
+/// Runs a request to completion on its own task: a run charges the budget before it starts,
+/// so a client that disconnects (dropping the handler's future) must not leave it half done.
+async fn detached<T: Send + 'static>(
+    f: impl std::future::Future<Output = veil_core::Result<T>> + Send + 'static,
+) -> ApiResult<T> {
+    match tokio::spawn(f).await {
+        Ok(r) => Ok(r?),
+        Err(e) => Err(veil_core::CoreError::Internal(format!("request task: {e}")).into()),
+    }
 }
 
 #[utoipa::path(post, path = "/api/v1/requests/{id}/deny", tag = "requests",
