@@ -1,0 +1,382 @@
+//! The TFHE-rs backend: keys, encryption with the circuit's encodings, and encrypted
+//! evaluation of a [`Circuit`]. Everything TFHE-specific lives in this file, behind the small
+//! surface [`ClientKey`], [`EvaluationKey`], [`Evaluator`], so another FHE library could replace
+//! it without touching the compiler or the simulator.
+//!
+//! Shortint's vetted `PARAM_MESSAGE_2_CARRY_2_KS_PBS` (2^-128) keys are used as they are; only
+//! the encodings are ours. Inputs are encrypted under the big (GLWE-as-LWE) key like shortint's
+//! own fresh ciphertexts, with phase `v·2^(64-p)`, and sent seeded (the mask is regenerated from
+//! a 128-bit seed, so a ciphertext costs a few dozen bytes on the wire instead of 16 KiB).
+//! Bootstraps go through `ServerKey::apply_lookup_table_assign` with accumulators we fill
+//! ourselves, which sets both the number of boxes and the output encoding.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use tfhe::core_crypto::algorithms::slice_algorithms::slice_wrapping_add_scalar_mul_assign;
+use tfhe::core_crypto::prelude::{
+    CiphertextModulus, LweCiphertextOwned, LweSize, Plaintext, SeededLweCiphertext, allocate_and_encrypt_new_seeded_lwe_ciphertext,
+    decrypt_lwe_ciphertext, generate_programmable_bootstrap_glwe_lut, new_seeder,
+};
+use tfhe::shortint::ciphertext::{Degree, NoiseLevel};
+use tfhe::shortint::parameters::{ClassicPBSParameters, PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128};
+use tfhe::shortint::server_key::LookupTableOwned;
+use tfhe::shortint::{AtomicPatternKind, Ciphertext, PBSOrder};
+
+use crate::FheError;
+use crate::circuit::{Circuit, LUT_SIZE, Op, wrap_signed};
+
+fn params() -> ClassicPBSParameters {
+    PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128
+}
+
+fn lwe_size() -> LweSize {
+    let p = params();
+    LweSize(p.glwe_dimension.0 * p.polynomial_size.0 + 1)
+}
+
+fn bincode_err(e: impl std::fmt::Display) -> FheError {
+    FheError::Malformed(e.to_string())
+}
+
+/// The secret key. Never leaves the client; `Debug` does not print it.
+pub struct ClientKey {
+    key: tfhe::shortint::ClientKey,
+}
+
+impl std::fmt::Debug for ClientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientKey(..)")
+    }
+}
+
+/// The compressed server (evaluation) key, as sent to a node.
+#[derive(Clone)]
+pub struct EvaluationKey {
+    pub bytes: Vec<u8>,
+}
+
+impl ClientKey {
+    /// Generates a fresh key (a few seconds).
+    pub fn generate() -> Self {
+        Self { key: tfhe::shortint::ClientKey::new(params()) }
+    }
+
+    pub fn to_bytes(&self) -> Result<Vec<u8>, FheError> {
+        bincode::serialize(&self.key).map_err(bincode_err)
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, FheError> {
+        let key: tfhe::shortint::ClientKey = bincode::deserialize(bytes).map_err(bincode_err)?;
+        let p = key.parameters();
+        if p.message_modulus() != params().message_modulus || p.lwe_dimension() != params().lwe_dimension {
+            return Err(FheError::Malformed("the client key uses parameters this version does not".into()));
+        }
+        Ok(Self { key })
+    }
+
+    /// The compressed evaluation key the node needs (tens of seconds of work on two cores).
+    pub fn evaluation_key(&self) -> Result<EvaluationKey, FheError> {
+        let k = tfhe::shortint::CompressedServerKey::new(&self.key);
+        Ok(EvaluationKey { bytes: bincode::serialize(&k).map_err(bincode_err)? })
+    }
+
+    /// Encrypts quantised inputs at the circuit's encodings.
+    pub fn encrypt(&self, circuit: &Circuit, quantised: &[i64]) -> Result<EncryptedInputs, FheError> {
+        let enc = circuit.input_encodings();
+        if quantised.len() != enc.len() {
+            return Err(FheError::Input(format!("expected {} features, got {}", enc.len(), quantised.len())));
+        }
+        let (sk, noise) = self.key.encryption_key_and_noise();
+        let mut seeder = new_seeder();
+        let cts = quantised
+            .iter()
+            .zip(&enc)
+            .map(|(&v, &p)| {
+                let pt = Plaintext(encode(v, p));
+                allocate_and_encrypt_new_seeded_lwe_ciphertext(&sk, pt, noise, CiphertextModulus::new_native(), seeder.as_mut())
+            })
+            .collect();
+        Ok(EncryptedInputs { cts })
+    }
+
+    /// Decrypts outputs read at the circuit's output encodings.
+    pub fn decrypt(&self, circuit: &Circuit, out: &EncryptedOutputs) -> Result<Vec<i64>, FheError> {
+        let enc = circuit.output_encodings();
+        if out.cts.len() != enc.len() {
+            return Err(FheError::Malformed(format!("expected {} outputs, got {}", enc.len(), out.cts.len())));
+        }
+        let sk = self.key.encryption_key();
+        out.cts
+            .iter()
+            .zip(&enc)
+            .map(|(ct, &p)| {
+                if ct.lwe_size() != lwe_size() {
+                    return Err(FheError::Malformed("an output ciphertext has the wrong size".into()));
+                }
+                Ok(decode(decrypt_lwe_ciphertext(&sk, ct).0, p))
+            })
+            .collect()
+    }
+
+    /// Decrypts raw values at a given encoding (split inference's intermediate values).
+    pub fn decrypt_at(&self, cts: &[LweCiphertextOwned<u64>], p: u32) -> Vec<i64> {
+        let sk = self.key.encryption_key();
+        cts.iter().map(|ct| decode(decrypt_lwe_ciphertext(&sk, ct).0, p)).collect()
+    }
+}
+
+fn encode(v: i64, p: u32) -> u64 {
+    (v as u64).wrapping_shl(64 - p)
+}
+
+fn decode(phase: u64, p: u32) -> i64 {
+    let rounded = phase.wrapping_add(1u64 << (63 - p)) >> (64 - p);
+    wrap_signed(i128::from(rounded), p)
+}
+
+/// One sample's encrypted features, seeded.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct EncryptedInputs {
+    cts: Vec<SeededLweCiphertext<u64>>,
+}
+
+impl EncryptedInputs {
+    pub fn len(&self) -> usize {
+        self.cts.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.cts.is_empty()
+    }
+    pub fn to_bytes(&self) -> Result<Vec<u8>, FheError> {
+        bincode::serialize(self).map_err(bincode_err)
+    }
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, FheError> {
+        let s: Self = bincode::options()
+            .with_limit(bytes.len() as u64 + 64)
+            .with_fixint_encoding()
+            .allow_trailing_bytes()
+            .deserialize(bytes)
+            .map_err(bincode_err)?;
+        if s.cts.iter().any(|c| c.lwe_size() != lwe_size() || c.ciphertext_modulus() != CiphertextModulus::new_native()) {
+            return Err(FheError::Malformed("an input ciphertext was not made with this node's parameters".into()));
+        }
+        Ok(s)
+    }
+}
+
+/// One sample's encrypted outputs (full LWE ciphertexts).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct EncryptedOutputs {
+    pub cts: Vec<LweCiphertextOwned<u64>>,
+}
+
+impl EncryptedOutputs {
+    pub fn to_bytes(&self) -> Result<Vec<u8>, FheError> {
+        bincode::serialize(self).map_err(bincode_err)
+    }
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, FheError> {
+        let s: Self = bincode::options()
+            .with_limit(bytes.len() as u64 + 64)
+            .with_fixint_encoding()
+            .allow_trailing_bytes()
+            .deserialize(bytes)
+            .map_err(bincode_err)?;
+        if s.cts.iter().any(|c| c.lwe_size() != lwe_size()) {
+            return Err(FheError::Malformed("an output ciphertext has the wrong size".into()));
+        }
+        Ok(s)
+    }
+}
+
+use bincode::Options;
+
+/// A circuit ready to run: its lookup tables filled once.
+pub struct Prepared {
+    circuit: Circuit,
+    luts: Vec<Option<LookupTableOwned>>,
+    /// Bootstrap depth of every op; bootstraps of equal depth run in parallel.
+    level: Vec<usize>,
+}
+
+impl Prepared {
+    pub fn new(circuit: Circuit) -> Result<Self, FheError> {
+        circuit.validate()?;
+        let p = params();
+        let mut level = vec![0usize; circuit.ops.len()];
+        let mut luts = Vec::with_capacity(circuit.ops.len());
+        for (i, op) in circuit.ops.iter().enumerate() {
+            level[i] = match op {
+                Op::Input { .. } => 0,
+                Op::Linear { terms, .. } => terms.iter().map(|(id, _)| level[*id]).max().unwrap_or(0),
+                Op::Narrow { input, .. } => level[*input],
+                Op::Lut { input, .. } => level[*input] + 1,
+            };
+            luts.push(match op {
+                Op::Lut { table, p: p_out, .. } => {
+                    let delta = 1u64 << (64 - p_out);
+                    let mask = (1u64 << p_out) - 1;
+                    let acc = generate_programmable_bootstrap_glwe_lut(
+                        p.polynomial_size,
+                        p.glwe_dimension.to_glwe_size(),
+                        LUT_SIZE,
+                        p.ciphertext_modulus,
+                        delta,
+                        |x: u64| (table[x as usize % LUT_SIZE] as u64) & mask,
+                    );
+                    Some(LookupTableOwned { acc, degree: Degree::new(15) })
+                }
+                _ => None,
+            });
+        }
+        Ok(Self { circuit, luts, level })
+    }
+
+    pub fn circuit(&self) -> &Circuit {
+        &self.circuit
+    }
+}
+
+/// Holds a decompressed server key.
+pub struct Evaluator {
+    key: tfhe::shortint::ServerKey,
+}
+
+/// Limits and hooks of one encrypted run.
+pub struct RunControl<'a> {
+    pub deadline: Option<Instant>,
+    /// Called with (bootstraps done, bootstraps in all).
+    pub progress: &'a (dyn Fn(usize, usize) + Sync),
+}
+
+impl Evaluator {
+    /// Decompresses an evaluation key; `max_bytes` bounds what is parsed.
+    pub fn new(key: &EvaluationKey, max_bytes: u64) -> Result<Self, FheError> {
+        if key.bytes.len() as u64 > max_bytes {
+            return Err(FheError::Malformed(format!("the evaluation key is larger than {max_bytes} bytes")));
+        }
+        let compressed: tfhe::shortint::CompressedServerKey = bincode::options()
+            .with_limit(max_bytes)
+            .with_fixint_encoding()
+            .allow_trailing_bytes()
+            .deserialize(&key.bytes)
+            .map_err(bincode_err)?;
+        let sk = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| compressed.decompress()))
+            .map_err(|_| FheError::Malformed("the evaluation key does not decompress".into()))?;
+        Ok(Self { key: sk })
+    }
+
+    /// Evaluates the circuit on a batch of samples, parallel over bootstraps and samples, in the
+    /// calling rayon pool. Output: per sample, its encrypted outputs.
+    pub fn run(&self, prepared: &Prepared, batch: Vec<EncryptedInputs>, ctl: &RunControl<'_>) -> Result<Vec<EncryptedOutputs>, FheError> {
+        let c = &prepared.circuit;
+        let enc = c.encodings();
+        let n_in = c.n_inputs;
+        for s in &batch {
+            if s.cts.len() != n_in {
+                return Err(FheError::Input(format!("expected {n_in} encrypted features, got {}", s.cts.len())));
+            }
+        }
+        let total = c.pbs_count() * batch.len();
+        let done = AtomicUsize::new(0);
+        let late = AtomicBool::new(false);
+        let p = params();
+        // vals[sample][op]
+        let mut vals: Vec<Vec<Option<LweCiphertextOwned<u64>>>> = batch
+            .into_par_iter()
+            .map(|s| {
+                let mut v: Vec<Option<LweCiphertextOwned<u64>>> = vec![None; c.ops.len()];
+                let mut inputs = s.cts.into_iter().map(SeededLweCiphertext::decompress_into_lwe_ciphertext);
+                let mut by_feature: Vec<Option<LweCiphertextOwned<u64>>> = (0..n_in).map(|_| inputs.next()).collect();
+                for (i, op) in c.ops.iter().enumerate() {
+                    if let Op::Input { feature, .. } = op {
+                        v[i] = by_feature[*feature].take();
+                    }
+                }
+                v
+            })
+            .collect();
+        let max_level = prepared.level.iter().copied().max().unwrap_or(0);
+        for lvl in 0..=max_level {
+            // Leveled operations whose inputs are ready at this depth (cheap).
+            vals.par_iter_mut().for_each(|v| {
+                for (i, op) in c.ops.iter().enumerate() {
+                    if prepared.level[i] != lvl {
+                        continue;
+                    }
+                    match op {
+                        Op::Linear { terms, bias, p: po } => {
+                            let mut out = LweCiphertextOwned::new(0u64, lwe_size(), CiphertextModulus::new_native());
+                            for (id, coef) in terms {
+                                let m = (*coef as u64).wrapping_shl(enc[*id] - po);
+                                if let Some(ct) = &v[*id] {
+                                    slice_wrapping_add_scalar_mul_assign(out.as_mut(), ct.as_ref(), m);
+                                }
+                            }
+                            let body = out.get_mut_body();
+                            *body.data = body.data.wrapping_add(encode(*bias, *po));
+                            v[i] = Some(out);
+                        }
+                        Op::Narrow { input, .. } => v[i] = v[*input].clone(),
+                        _ => {}
+                    }
+                }
+            });
+            // Bootstraps one level deeper, all samples and ops at once.
+            let jobs: Vec<(usize, usize)> = (0..vals.len())
+                .flat_map(|s| c.ops.iter().enumerate().filter(move |(i, op)| matches!(op, Op::Lut { .. }) && prepared.level[*i] == lvl + 1).map(move |(i, _)| (s, i)))
+                .collect();
+            if jobs.is_empty() {
+                continue;
+            }
+            if ctl.deadline.is_some_and(|d| Instant::now() > d) {
+                return Err(FheError::TimedOut);
+            }
+            let results: Vec<(usize, usize, LweCiphertextOwned<u64>)> = jobs
+                .par_iter()
+                .filter_map(|&(s, i)| {
+                    if late.load(Ordering::Relaxed) {
+                        return None;
+                    }
+                    if ctl.deadline.is_some_and(|d| Instant::now() > d) {
+                        late.store(true, Ordering::Relaxed);
+                        return None;
+                    }
+                    let Op::Lut { input, .. } = &c.ops[i] else { return None };
+                    let lut = prepared.luts[i].as_ref()?;
+                    let ct = vals[s][*input].clone()?;
+                    let mut sct = Ciphertext::new(
+                        ct,
+                        Degree::new(15),
+                        NoiseLevel::NOMINAL,
+                        p.message_modulus,
+                        p.carry_modulus,
+                        AtomicPatternKind::Standard(PBSOrder::KeyswitchBootstrap),
+                    );
+                    self.key.apply_lookup_table_assign(&mut sct, lut);
+                    let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                    (ctl.progress)(n, total);
+                    Some((s, i, sct.ct))
+                })
+                .collect();
+            if late.load(Ordering::Relaxed) {
+                return Err(FheError::TimedOut);
+            }
+            for (s, i, ct) in results {
+                vals[s][i] = Some(ct);
+            }
+        }
+        vals.into_iter()
+            .map(|v| {
+                let cts = c
+                    .outputs
+                    .iter()
+                    .map(|&o| v[o].clone().ok_or_else(|| FheError::Circuit("an output was not computed".into())))
+                    .collect::<Result<_, _>>()?;
+                Ok(EncryptedOutputs { cts })
+            })
+            .collect()
+    }
+}

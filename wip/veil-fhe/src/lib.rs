@@ -1,0 +1,41 @@
+//! Veil's encrypted-inference engine: ONNX models compiled to exact quantised TFHE circuits.
+//!
+//! Pipeline: [`read_onnx`] turns the graph into plain maths ([`FloatModel`]); [`compile`]
+//! quantises it on the creator's calibration rows into a [`Circuit`] of leveled operations and
+//! programmable bootstraps, proves its noise budget ([`noise`]) and returns a
+//! [`CompiledModel`]; [`Circuit::simulate`] runs that circuit in integers; the [`backend`]
+//! runs it on TFHE-rs ciphertexts and decrypts to exactly the simulator's integers.
+//!
+//! No IO, no threads of its own: the caller supplies the rayon pool the backend runs in.
+
+pub mod backend;
+pub mod circuit;
+pub mod compile;
+pub mod model;
+pub mod noise;
+
+pub use circuit::{Circuit, Op};
+pub use compile::{CompileOptions, CompiledModel, Fidelity, Quantiser, compile, fidelity};
+pub use model::{FloatModel, Head, read_onnx};
+pub use noise::Params;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FheError {
+    /// Not a readable ONNX model.
+    #[error("not a valid ONNX model: {0}")]
+    Corrupt(String),
+    /// A valid model (or option) encrypted inference cannot handle.
+    #[error("{0}")]
+    Unsupported(String),
+    /// Inputs of the wrong shape or value.
+    #[error("{0}")]
+    Input(String),
+    /// A key or ciphertext that does not parse or does not fit the parameters.
+    #[error("malformed key or ciphertext: {0}")]
+    Malformed(String),
+    /// A stored circuit that fails validation.
+    #[error("invalid circuit: {0}")]
+    Circuit(String),
+    #[error("the encrypted computation ran past its time limit")]
+    TimedOut,
+}

@@ -1,0 +1,151 @@
+//! The compiler against the committed fixtures: the graph reader reproduces scikit-learn's
+//! accuracy, the quantised circuit stays within a stated tolerance of the float model, and an
+//! encrypted run decrypts to exactly the simulator's integers.
+
+use std::path::PathBuf;
+
+use veil_fhe::backend::{ClientKey, Evaluator, Prepared, RunControl};
+use veil_fhe::{CompileOptions, CompiledModel, FloatModel, compile, read_onnx};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+struct Data {
+    rows: Vec<Vec<f64>>,
+    labels: Vec<String>,
+}
+
+/// Reads a fixture CSV whose last column is the label; breast-cancer diagnoses become the
+/// models' class ids.
+fn csv(name: &str) -> Data {
+    let text = std::fs::read_to_string(fixtures().join("data").join(name)).expect("fixture");
+    let mut rows = vec![];
+    let mut labels = vec![];
+    for line in text.lines().skip(1) {
+        let mut cells: Vec<&str> = line.split(',').collect();
+        let label = cells.pop().expect("label");
+        labels.push(match label {
+            "malignant" => "0".to_string(),
+            "benign" => "1".to_string(),
+            other => other.to_string(),
+        });
+        rows.push(cells.iter().map(|c| c.parse::<f64>().expect("number")).collect());
+    }
+    Data { rows, labels }
+}
+
+fn model(name: &str) -> FloatModel {
+    let bytes = std::fs::read(fixtures().join("models").join(name)).expect("model");
+    read_onnx(&bytes, 10_000).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn float_accuracy(m: &FloatModel, d: &Data) -> f64 {
+    let ok = d.rows.iter().zip(&d.labels).filter(|(r, l)| m.head().label(&m.scores(r)).as_deref() == Some(l.as_str())).count();
+    ok as f64 / d.rows.len() as f64
+}
+
+fn sim_accuracy(c: &CompiledModel, d: &Data) -> f64 {
+    let ok = d
+        .rows
+        .iter()
+        .zip(&d.labels)
+        .filter(|(r, l)| c.label(&c.simulate(r).expect("simulate")).as_deref() == Some(l.as_str()))
+        .count();
+    ok as f64 / d.rows.len() as f64
+}
+
+fn reported_accuracy(file: &str, name: &str) -> f64 {
+    let text = std::fs::read_to_string(fixtures().join("models").join(file)).expect("report");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    v["models"][name]["test_accuracy"].as_f64().expect("accuracy")
+}
+
+/// (model, report file, train csv, test csv, tolerated accuracy loss of the quantised circuit)
+const CASES: &[(&str, &str, &str, &str, f64)] = &[
+    ("breast_cancer_lr.onnx", "README.json", "breast_cancer_train.csv", "breast_cancer_test.csv", 0.01),
+    ("breast_cancer_lr_scaled.onnx", "README_fhe.json", "breast_cancer_train.csv", "breast_cancer_test.csv", 0.01),
+    ("breast_cancer_mlp8.onnx", "README_fhe.json", "breast_cancer_train.csv", "breast_cancer_test.csv", 0.02),
+    ("breast_cancer_mlp.onnx", "README.json", "breast_cancer_train.csv", "breast_cancer_test.csv", 0.03),
+    ("breast_cancer_torch_mlp.onnx", "README.json", "breast_cancer_train.csv", "breast_cancer_test.csv", 0.03),
+    ("breast_cancer_rf.onnx", "README.json", "breast_cancer_train.csv", "breast_cancer_test.csv", 0.01),
+    ("digits_lr.onnx", "README_fhe.json", "digits_train.csv", "digits_test.csv", 0.02),
+    ("digits_mlp16.onnx", "README_fhe.json", "digits_train.csv", "digits_test.csv", 0.08),
+    ("digits_rf.onnx", "README_fhe.json", "digits_train.csv", "digits_test.csv", 0.02),
+];
+
+#[test]
+fn the_graph_reader_reproduces_scikit_learn() {
+    for (name, report, _, test, _) in CASES {
+        let m = model(name);
+        let d = csv(test);
+        let ours = float_accuracy(&m, &d);
+        let theirs = reported_accuracy(report, name);
+        // f32 (ONNX) against f64 (ours) may flip one borderline row.
+        assert!((ours - theirs).abs() <= 1.5 / d.rows.len() as f64, "{name}: ours {ours}, scikit-learn {theirs}");
+    }
+}
+
+#[test]
+fn quantised_circuits_stay_close_to_the_float_models() {
+    for (name, _, train, test, tol) in CASES {
+        let m = model(name);
+        let c = compile(&m, &csv(train).rows, &CompileOptions::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let d = csv(test);
+        let (f, q) = (float_accuracy(&m, &d), sim_accuracy(&c, &d));
+        eprintln!("{name}: {} PBS, float {f:.3}, quantised {q:.3}, p_fail 2^{:.1}", c.circuit.pbs_count(), c.log2_p_fail);
+        assert!(q >= f - tol, "{name}: quantised {q} vs float {f}");
+        assert!(c.log2_p_fail <= -128.0);
+    }
+}
+
+#[test]
+fn the_regressor_compiles_without_bootstraps() {
+    let m = model("breast_cancer_area_regressor.onnx");
+    let d = csv("breast_cancer_test.csv");
+    let cols = [0usize, 2];
+    let rows: Vec<Vec<f64>> = d.rows.iter().map(|r| cols.iter().map(|&i| r[i]).collect()).collect();
+    let c = compile(&m, &rows, &CompileOptions::default()).expect("compile");
+    assert_eq!(c.circuit.pbs_count(), 0);
+    let worst = rows
+        .iter()
+        .map(|r| (m.scores(r)[0] - c.scores(&c.simulate(r).expect("sim"))[0]).abs())
+        .fold(0.0, f64::max);
+    // 8-bit inputs over the calibration range: area is off by under 1% of its ~2000 range.
+    assert!(worst < 20.0, "{worst}");
+}
+
+#[test]
+fn unsupported_graphs_are_refused_with_the_node_named() {
+    let bytes = std::fs::read(fixtures().join("models/looping.onnx")).expect("model");
+    let err = read_onnx(&bytes, 10_000).expect_err("loop");
+    assert!(err.to_string().contains("Loop"), "{err}");
+    assert!(read_onnx(b"not a model", 10_000).is_err());
+    let m = model("breast_cancer_lr.onnx");
+    let err = compile(&m, &[vec![1.0; 3]], &CompileOptions::default()).expect_err("width");
+    assert!(err.to_string().contains("30 features"), "{err}");
+}
+
+/// The central promise: decrypt(FHE(x)) == simulate(x), bit for bit.
+#[test]
+fn encrypted_runs_decrypt_to_the_simulator() {
+    let key = ClientKey::generate();
+    let eval = Evaluator::new(&key.evaluation_key().expect("eval key"), 1 << 30).expect("evaluator");
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("pool");
+    let train = csv("breast_cancer_train.csv");
+    let test = csv("breast_cancer_test.csv");
+    for name in ["breast_cancer_lr_scaled.onnx", "breast_cancer_mlp8.onnx", "breast_cancer_rf.onnx"] {
+        let c = compile(&model(name), &train.rows, &CompileOptions::default()).expect("compile");
+        let prepared = Prepared::new(c.circuit.clone()).expect("prepare");
+        let samples: Vec<&Vec<f64>> = test.rows.iter().step_by(40).collect();
+        let batch = samples
+            .iter()
+            .map(|r| key.encrypt(&c.circuit, &c.quantise(r).expect("quantise")).expect("encrypt"))
+            .collect();
+        let ctl = RunControl { deadline: None, progress: &|_, _| {} };
+        let out = pool.install(|| eval.run(&prepared, batch, &ctl)).expect("run");
+        for (r, o) in samples.iter().zip(&out) {
+            assert_eq!(key.decrypt(&c.circuit, o).expect("decrypt"), c.simulate(r).expect("sim"), "{name}");
+        }
+    }
+}
