@@ -205,7 +205,7 @@ fn attr_strings(n: &pb::NodeProto, name: &str) -> Option<Vec<String>> {
         .filter(|v| !v.is_empty())
 }
 
-fn attr_ints(n: &pb::NodeProto, name: &str) -> Option<Vec<i64>> {
+pub(crate) fn attr_ints(n: &pb::NodeProto, name: &str) -> Option<Vec<i64>> {
     n.attribute
         .iter()
         .find(|a| a.name == name)

