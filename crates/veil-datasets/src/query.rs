@@ -71,7 +71,7 @@ impl EncryptionFactory for Keys {
     }
 }
 
-fn quote(col: &str) -> String {
+pub(crate) fn quote(col: &str) -> String {
     // Column names are manifest identifiers ([a-z][a-z0-9_]*), so this quoting is exact.
     format!("\"{col}\"")
 }
@@ -202,10 +202,16 @@ fn base_sql(plan: &veil_dp::QueryPlan) -> String {
         .as_ref()
         .map(|f| format!(" WHERE {}", filter_sql(f)))
         .unwrap_or_default();
-    match &plan.unit {
+    bounded_rows(&plan.unit, &filter)
+}
+
+/// `SELECT *` over the table's rows (after `filter`, a `WHERE` clause or empty), keeping at
+/// most `max_rows` rows per privacy unit. Which rows is arbitrary but depends only on that
+/// unit's own rows, so one unit still moves every measure by at most `max_rows` rows. Every
+/// read of private rows (queries and model scans) goes through this.
+pub(crate) fn bounded_rows(unit: &PrivacyUnit, filter: &str) -> String {
+    match unit {
         PrivacyUnit::Row => format!("SELECT * FROM {TABLE}{filter}"),
-        // At most `max_rows` rows per unit; which ones is arbitrary but depends only on that
-        // unit's own rows, so one unit still moves every measure by at most max_rows rows.
         PrivacyUnit::Id { column, max_rows } => format!(
             "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY {}) AS __veil_rn FROM {TABLE}{filter}) WHERE __veil_rn <= {max_rows}",
             quote(column)

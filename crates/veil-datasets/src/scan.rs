@@ -9,8 +9,9 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, Float32Type, Float64Type};
 use futures::{Stream, StreamExt};
 use veil_crypto::WrappedKey;
-use veil_dp::{ColumnType, Manifest, PrivacyUnit};
+use veil_dp::{ColumnType, Manifest};
 
+use crate::query::quote;
 use crate::{ExecError, Storage};
 
 /// One batch of rows: features row-major, and the label of each row.
@@ -77,7 +78,6 @@ impl Storage {
         features: &[String],
         label: &str,
     ) -> Result<ScanStream, ExecError> {
-        let quote = |c: &str| format!("\"{c}\"");
         let numeric = |c: &str| match manifest.column(c).map(|c| &c.ty) {
             Some(ColumnType::Date { .. }) => format!("CAST({} AS INT)", quote(c)),
             Some(ColumnType::Bool) => format!("CAST({} AS INT)", quote(c)),
@@ -91,14 +91,10 @@ impl Storage {
             .map(|(i, c)| format!("{c} AS c{i}"))
             .collect::<Vec<_>>()
             .join(", ");
-        let from = match &manifest.unit {
-            PrivacyUnit::Row => "data".to_string(),
-            PrivacyUnit::Id { column, max_rows } => format!(
-                "(SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY {}) AS __veil_rn FROM data) WHERE __veil_rn <= {max_rows})",
-                quote(column)
-            ),
-        };
-        let sql = format!("SELECT {select} FROM {from}");
+        let sql = format!(
+            "SELECT {select} FROM ({})",
+            crate::query::bounded_rows(&manifest.unit, "")
+        );
         let ctx = self.session(file_id, wrapped_key, manifest).await?;
         let stream = ctx
             .sql(&sql)
