@@ -516,6 +516,108 @@ pub struct ModelView {
     pub opset: i64,
     /// The model's own class labels, if it declares them.
     pub classes: Option<Vec<String>>,
+    /// Set when this version is published for encrypted inference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fhe: Option<FheInfoView>,
+}
+
+/// How a model version was compiled for encrypted inference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FheInfoView {
+    /// Circuit shape, e.g. `linear`, `network 1×8 relu`, `forest of 10 trees`.
+    pub kind: String,
+    /// Programmable bootstraps per sample (the cost driver; linear models need none).
+    pub pbs_per_sample: usize,
+    pub n_features: usize,
+    pub n_outputs: usize,
+    /// Widest input encoding in bits.
+    pub input_bits: u32,
+    /// Classifiers: share of calibration rows where the circuit's label equals the float model's.
+    pub label_agreement: Option<f64>,
+    /// Regressors: mean absolute difference from the float model on the calibration rows.
+    pub mean_abs_error: Option<f64>,
+    pub calibration_rows: usize,
+    /// log2 of the worst per-read decryption failure probability the noise analysis proves.
+    pub log2_p_fail: f64,
+}
+
+/// What a client needs to encrypt inputs for a model and read its outputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FheModelView {
+    pub model: String,
+    pub version: u32,
+    pub info: FheInfoView,
+    /// The engine's client specification (quantisers, encodings, output scale, head).
+    #[schema(value_type = Object)]
+    pub spec: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EvaluationKeyView {
+    pub id: String,
+    /// SHA-256 of the key bytes: the fingerprint inference requests must name.
+    pub sha256: String,
+    pub size_bytes: u64,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub expired: bool,
+}
+
+/// Encrypted samples for a model.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FheInferBody {
+    /// The evaluation key to use (`veil fhe keys list`).
+    pub key_id: String,
+    /// SHA-256 of the evaluation key the samples were encrypted for.
+    pub key_sha256: String,
+    /// A model version; the newest if omitted.
+    #[serde(default)]
+    pub version: Option<u32>,
+    /// One base64 string per sample: its seeded LWE ciphertexts (`veil fhe encrypt`).
+    pub samples: Vec<String>,
+    /// Split inference: evaluate only the first K layers and return the encrypted hidden
+    /// activations (finish with `POST /api/v1/fhe/models/{name}/finish`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_at: Option<usize>,
+}
+
+/// Split inference, second half: decrypted hidden activations for the remaining layers.
+/// The node sees these activations.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FheFinishBody {
+    pub split_at: usize,
+    #[serde(default)]
+    pub version: Option<u32>,
+    /// Per sample, the decrypted integers of the split's outputs.
+    pub activations: Vec<Vec<i64>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FhePrediction {
+    /// The predicted class (classifiers).
+    pub label: Option<String>,
+    pub scores: Vec<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FheFinishResponse {
+    pub model: String,
+    pub version: u32,
+    pub predictions: Vec<FhePrediction>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FheInferResponse {
+    pub model: String,
+    pub version: u32,
+    /// One base64 string per sample: its encrypted outputs (`veil fhe decrypt`).
+    pub outputs: Vec<String>,
+    /// Bootstraps evaluated for the whole batch.
+    pub pbs: usize,
+    /// Server-side evaluation time in milliseconds.
+    pub server_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, IntoParams)]
@@ -536,6 +638,21 @@ pub struct ModelUploadForm {
     /// Optional Ed25519 signature of the file (64 bytes, raw, hex or base64).
     #[schema(value_type = Option<String>, format = Binary)]
     pub signature: Option<Vec<u8>>,
+    /// Publish for encrypted inference: JSON options, e.g. `{"bits": 4}` (`{}` for defaults).
+    /// Needs `models:publish` and a `calibration` part.
+    pub fhe: Option<String>,
+    /// CSV of calibration rows (header, then one column per model input) for quantisation.
+    #[schema(value_type = Option<String>, format = Binary)]
+    pub calibration: Option<Vec<u8>>,
+}
+
+/// The `fhe` part of a model upload.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FhePublishOptions {
+    /// Input quantisation bits (2-12); the compiler chooses per model type if omitted.
+    #[serde(default)]
+    pub bits: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

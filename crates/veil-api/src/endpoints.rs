@@ -15,7 +15,7 @@ use veil_types::Permission;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::handlers::{audit, auth, budgets, datasets, models, roles, system, tokens, users};
+use crate::handlers::{audit, auth, budgets, datasets, fhe, models, roles, system, tokens, users};
 
 /// Who may call an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +110,12 @@ pub fn endpoints() -> Vec<Endpoint> {
         endpoint!(GET "/api/v1/requests/{id}", SelfService, models::show_request),
         endpoint!(POST "/api/v1/requests/{id}/approve", Permission(P::RequestsReview), models::approve),
         endpoint!(POST "/api/v1/requests/{id}/deny", Permission(P::RequestsReview), models::deny),
+        endpoint!(GET "/api/v1/fhe/models/{name}", Permission(P::FheInfer), fhe::spec),
+        endpoint!(POST "/api/v1/fhe/models/{name}/infer", Permission(P::FheInfer), fhe::infer),
+        endpoint!(POST "/api/v1/fhe/models/{name}/finish", Permission(P::FheInfer), fhe::finish),
+        endpoint!(GET "/api/v1/fhe/keys", Permission(P::FheInfer), fhe::list_keys),
+        endpoint!(POST "/api/v1/fhe/keys", Permission(P::FheInfer), fhe::add_key, streaming),
+        endpoint!(DELETE "/api/v1/fhe/keys/{id}", Permission(P::FheInfer), fhe::delete_key),
     ]
 }
 

@@ -85,6 +85,13 @@ impl From<CoreError> for ApiError {
             CoreError::WeakPassword(_) => ErrorCode::WeakPassword,
             CoreError::InvalidInput(_) => ErrorCode::InvalidInput,
             CoreError::NoBudget | CoreError::BudgetExhausted { .. } => ErrorCode::BudgetExhausted,
+            CoreError::NotFound(NotFound::EvaluationKey) => ErrorCode::FheKeyNotFound,
+            CoreError::FheKeyExpired(_) => ErrorCode::FheKeyExpired,
+            CoreError::FheKeyMismatch(_) => ErrorCode::FheKeyMismatch,
+            CoreError::MalformedCiphertext(_) => ErrorCode::MalformedCiphertext,
+            CoreError::InvalidFheRequest(_) => ErrorCode::InvalidFheRequest,
+            CoreError::Conflict(Conflict::TooManyFheKeys(_)) => ErrorCode::FheKeyLimit,
+            CoreError::FheTimedOut(_) => ErrorCode::Timeout,
             CoreError::Internal(detail) => return ApiError::internal(detail),
         };
         let retry_after_secs = match &e {

@@ -6,7 +6,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::handlers::{audit, auth, budgets, datasets, models, roles, system, tokens, users};
+use crate::handlers::{audit, auth, budgets, datasets, fhe, models, roles, system, tokens, users};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -28,6 +28,7 @@ use crate::handlers::{audit, auth, budgets, datasets, models, roles, system, tok
         models::list_keys, models::add_key, models::revoke_key,
         models::list, models::show, models::upload, models::delete, models::validate,
         models::list_requests, models::show_request, models::approve, models::deny,
+        fhe::spec, fhe::list_keys, fhe::add_key, fhe::delete_key, fhe::infer, fhe::finish,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -41,6 +42,7 @@ use crate::handlers::{audit, auth, budgets, datasets, models, roles, system, tok
         (name = "datasets", description = "Encrypted datasets and differentially private queries"),
         (name = "models", description = "Signing keys, the model registry, and DP model validation"),
         (name = "requests", description = "Requests that may need review"),
+        (name = "fhe", description = "Encrypted inference (TFHE): model specifications, evaluation keys, runs on ciphertexts"),
     )
 )]
 struct ApiDoc;

@@ -488,6 +488,18 @@ impl Client {
         onnx: Vec<u8>,
         signature: Option<Vec<u8>>,
     ) -> Result<ModelView> {
+        self.upload_model_with(name, onnx, signature, None).await
+    }
+
+    /// Uploads a model; with `fhe` (options and calibration CSV), also publishes it for
+    /// encrypted inference (the node compiles it, which can take a while).
+    pub async fn upload_model_with(
+        &self,
+        name: &str,
+        onnx: Vec<u8>,
+        signature: Option<Vec<u8>>,
+        fhe: Option<(FhePublishOptions, Vec<u8>)>,
+    ) -> Result<ModelView> {
         let mut form = reqwest::multipart::Form::new().part(
             "onnx",
             reqwest::multipart::Part::bytes(onnx).file_name(format!("{name}.onnx")),
@@ -495,9 +507,74 @@ impl Client {
         if let Some(sig) = signature {
             form = form.part("signature", reqwest::multipart::Part::bytes(sig));
         }
+        if let Some((opts, calibration)) = fhe {
+            let opts = serde_json::to_vec(&opts).map_err(|e| ClientError::Protocol {
+                status: 0,
+                detail: e.to_string(),
+            })?;
+            form = form
+                .part("fhe", reqwest::multipart::Part::bytes(opts))
+                .part(
+                    "calibration",
+                    reqwest::multipart::Part::bytes(calibration).file_name("calibration.csv"),
+                );
+        }
         self.json(
             self.request(Method::PUT, &format!("api/v1/models/{}", segment(name)))?
-                .multipart(form),
+                .multipart(form)
+                .timeout(Duration::from_secs(3600)),
+        )
+        .await
+    }
+
+    // ---- encrypted inference
+
+    pub async fn fhe_model(&self, name: &str, version: Option<u32>) -> Result<FheModelView> {
+        let mut rb = self.request(Method::GET, &format!("api/v1/fhe/models/{}", segment(name)))?;
+        if let Some(v) = version {
+            rb = rb.query(&[("version", v)]);
+        }
+        self.json(rb).await
+    }
+
+    pub async fn fhe_finish(&self, model: &str, body: &FheFinishBody) -> Result<FheFinishResponse> {
+        self.json(
+            self.request(
+                Method::POST,
+                &format!("api/v1/fhe/models/{}/finish", segment(model)),
+            )?
+            .json(body),
+        )
+        .await
+    }
+
+    pub async fn list_evaluation_keys(&self) -> Result<Vec<EvaluationKeyView>> {
+        self.get("api/v1/fhe/keys").await
+    }
+
+    pub async fn upload_evaluation_key(&self, key: Vec<u8>) -> Result<EvaluationKeyView> {
+        self.json(
+            self.request(Method::POST, "api/v1/fhe/keys")?
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(key)
+                .timeout(Duration::from_secs(3600)),
+        )
+        .await
+    }
+
+    pub async fn delete_evaluation_key(&self, id: &str) -> Result<()> {
+        self.no_content(self.request(Method::DELETE, &format!("api/v1/fhe/keys/{}", segment(id)))?)
+            .await
+    }
+
+    pub async fn fhe_infer(&self, model: &str, body: &FheInferBody) -> Result<FheInferResponse> {
+        self.json(
+            self.request(
+                Method::POST,
+                &format!("api/v1/fhe/models/{}/infer", segment(model)),
+            )?
+            .json(body)
+            .timeout(Duration::from_secs(3600)),
         )
         .await
     }

@@ -77,6 +77,24 @@ pub enum CoreError {
     /// A validation request that does not fit the model or the dataset.
     #[error("{0}")]
     InvalidValidation(String),
+    /// The evaluation key has passed its expiry; upload a fresh one.
+    #[error("the evaluation key {0} has expired; upload it again (veil fhe infer does this)")]
+    FheKeyExpired(String),
+    /// The ciphertexts name a key whose fingerprint differs from the stored key's.
+    #[error(
+        "the evaluation key {0} is not the key these ciphertexts were made for (fingerprints differ); \
+         encrypt with the client key that belongs to it"
+    )]
+    FheKeyMismatch(String),
+    /// A ciphertext or key that does not parse or was made with other parameters.
+    #[error("malformed ciphertext or key: {0}")]
+    MalformedCiphertext(String),
+    /// An encrypted-inference request that does not fit the model (not published for FHE,
+    /// wrong input width, too many samples).
+    #[error("{0}")]
+    InvalidFheRequest(String),
+    #[error("the encrypted computation ran past this node's limit of {0} s")]
+    FheTimedOut(u64),
     /// A failure that is not the caller's fault. The message is for logs only.
     #[error("internal error: {0}")]
     Internal(String),
@@ -98,6 +116,8 @@ pub enum NotFound {
     Request,
     #[error("no such signing key")]
     SigningKey,
+    #[error("no such evaluation key of yours")]
+    EvaluationKey,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -124,6 +144,10 @@ pub enum Conflict {
     RequestNotPending(String),
     #[error("the model name {0} belongs to another user")]
     ModelNameTaken(String),
+    #[error(
+        "you already have {0} evaluation keys on this node; delete one first (veil fhe keys delete)"
+    )]
+    TooManyFheKeys(usize),
 }
 
 impl From<veil_store::StoreError> for CoreError {
@@ -142,6 +166,9 @@ impl From<veil_store::StoreError> for CoreError {
             S::Conflict {
                 what: "signing key",
             } => CoreError::Conflict(Conflict::SigningKeyExists),
+            S::NotFound {
+                what: "evaluation key",
+            } => CoreError::NotFound(NotFound::EvaluationKey),
             S::Conflict { what: "dataset" } => CoreError::Conflict(Conflict::DatasetExists),
             S::Conflict { what: "user" } => CoreError::Conflict(Conflict::UserExists),
             S::Conflict { what: "role" } => CoreError::Conflict(Conflict::RoleExists),

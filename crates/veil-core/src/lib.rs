@@ -13,6 +13,7 @@ mod budgets;
 mod clock;
 mod datasets;
 pub mod error;
+mod fhe;
 mod models;
 mod password_policy;
 mod principal;
@@ -31,6 +32,7 @@ pub use budgets::{BudgetReport, DebitOutcome, Spend};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use datasets::{DatasetInfo, MockRows, QueryOutcome};
 pub use error::CoreError;
+pub use fhe::{FheInferRequest, FhePublish, FheRun, FheSummary};
 pub use models::ModelInfo;
 pub use password_policy::PasswordPolicy;
 pub use principal::Principal;
@@ -65,6 +67,20 @@ pub struct CoreSettings {
     pub validation_time_limit: Duration,
     /// Threads of the model worker pool (model runs never use the async runtime's threads).
     pub model_threads: usize,
+    /// Threads of the encrypted-inference pool (its own; TFHE-rs keeps per-thread state).
+    pub fhe_threads: usize,
+    /// Wall-clock limit of one encrypted-inference request.
+    pub fhe_time_limit: Duration,
+    /// Largest evaluation key upload, in bytes.
+    pub fhe_key_limit_bytes: u64,
+    /// How long an uploaded evaluation key stays usable.
+    pub fhe_key_ttl: Duration,
+    /// Live evaluation keys one user may hold.
+    pub fhe_max_keys_per_user: usize,
+    /// Most samples in one encrypted-inference request.
+    pub fhe_max_batch: usize,
+    /// Widest model input accepted for encrypted inference.
+    pub fhe_max_features: usize,
 }
 
 impl Default for CoreSettings {
@@ -82,6 +98,13 @@ impl Default for CoreSettings {
             require_signed_models: false,
             validation_time_limit: Duration::from_secs(60),
             model_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            fhe_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            fhe_time_limit: Duration::from_secs(600),
+            fhe_key_limit_bytes: 256 * 1024 * 1024,
+            fhe_key_ttl: Duration::from_secs(7 * 24 * 3600),
+            fhe_max_keys_per_user: 3,
+            fhe_max_batch: 64,
+            fhe_max_features: 4096,
         }
     }
 }
@@ -98,6 +121,26 @@ pub struct Core {
     hashing: Semaphore,
     /// Runs models; its threads belong to it alone.
     model_pool: Arc<rayon::ThreadPool>,
+    /// Runs encrypted inference; its threads belong to it alone.
+    fhe_pool: Arc<rayon::ThreadPool>,
+    evaluators: fhe::EvaluatorCache,
+}
+
+fn worker_pool(threads: usize, name: &'static str) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .thread_name(move |i| format!("veil-{name}-{i}"))
+        // Without a handler a panicking job aborts the whole node; with it, the job's
+        // result channel closes and the caller reports an error.
+        .panic_handler(move |_| tracing::error!("a {name} worker job panicked"))
+        .build()
+        .unwrap_or_else(|_| {
+            // Building a pool only fails if threads cannot be spawned at all.
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build()
+                .unwrap_or_else(|e| panic!("cannot start the {name} worker pool: {e}"))
+        })
 }
 
 impl Core {
@@ -112,22 +155,9 @@ impl Core {
             datasets,
             login_limiter: rate_limit::RateLimiter::new(settings.login_rate_limit.clone()),
             hashing: Semaphore::new(settings.password_hash_concurrency.max(1)),
-            model_pool: Arc::new(
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(settings.model_threads.max(1))
-                    .thread_name(|i| format!("veil-model-{i}"))
-                    // Without a handler a panicking job aborts the whole node; with it, the job's
-                    // result channel closes and the caller reports an error.
-                    .panic_handler(|_| tracing::error!("a model worker job panicked"))
-                    .build()
-                    .unwrap_or_else(|_| {
-                        // Building a pool only fails if threads cannot be spawned at all.
-                        rayon::ThreadPoolBuilder::new()
-                            .num_threads(1)
-                            .build()
-                            .unwrap_or_else(|e| panic!("cannot start the model worker pool: {e}"))
-                    }),
-            ),
+            model_pool: Arc::new(worker_pool(settings.model_threads, "model")),
+            fhe_pool: Arc::new(worker_pool(settings.fhe_threads, "fhe")),
+            evaluators: fhe::EvaluatorCache::default(),
             store,
             audit_key,
             clock,

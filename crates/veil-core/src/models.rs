@@ -117,15 +117,20 @@ impl Core {
 
     // ---- models
 
-    /// Inspects, verifies and stores a model upload as the next version of `name`.
+    /// Inspects, verifies and stores a model upload as the next version of `name`; with
+    /// `fhe`, also compiles it for encrypted inference (needs `models:publish`).
     pub async fn upload_model(
         &self,
         p: &Principal,
         name: &str,
         bytes: Vec<u8>,
         signature: Option<Vec<u8>>,
+        fhe: Option<crate::FhePublish>,
     ) -> Result<ModelInfo> {
         p.require(Permission::ModelsManage)?;
+        if fhe.is_some() {
+            p.require(Permission::ModelsPublish)?;
+        }
         let name = model_name(name)?;
         if let Some(existing) = self.store.get_model(&name, None).await?
             && existing.owner_id != p.user.id
@@ -169,11 +174,23 @@ impl Core {
         };
         let sha256 = veil_crypto::sha256_hex(&bytes);
         let size = bytes.len() as u64;
+        let bytes = std::sync::Arc::new(bytes);
+        let fhe = match fhe {
+            Some(publish) => Some(self.publish_fhe(p, bytes.clone(), publish).await?),
+            None => None,
+        };
+        let fhe_kind = fhe.as_ref().map(|_| "published");
         let stored = self
             .datasets
-            .store_model(bytes)
+            .store_model(std::sync::Arc::unwrap_or_clone(bytes))
             .await
-            .map_err(|e| CoreError::Internal(e.to_string()))?;
+            .map_err(|e| {
+                if let Some(f) = &fhe {
+                    let _ = self.datasets.remove_model(&f.file_id);
+                }
+                CoreError::Internal(e.to_string())
+            })?;
+        let fhe_file = fhe.as_ref().map(|f| f.file_id.clone());
         let summary_json =
             serde_json::to_string(&summary).map_err(|e| CoreError::Internal(e.to_string()))?;
         let record = self
@@ -189,6 +206,7 @@ impl Core {
                     size_bytes: size,
                     summary: summary_json,
                     signed_by: signer.as_ref().map(|k| k.fingerprint.clone()),
+                    fhe,
                 },
                 NewAuditEntry::new(p.email(), "model.upload", format!("model:{name}")).details(
                     json!({
@@ -196,6 +214,7 @@ impl Core {
                         "bytes": size,
                         "signed_by": signer.as_ref().map(|k| &k.fingerprint),
                         "operators": summary.operators.keys().collect::<Vec<_>>(),
+                        "fhe": fhe_kind,
                     }),
                 ),
             )
@@ -208,6 +227,9 @@ impl Core {
             }),
             Err(e) => {
                 let _ = self.datasets.remove_model(&stored.file_id);
+                if let Some(f) = fhe_file {
+                    let _ = self.datasets.remove_model(&f);
+                }
                 Err(e.into())
             }
         }
@@ -283,8 +305,11 @@ impl Core {
             )
             .await?;
         for m in &deleted {
-            if let Err(e) = self.datasets.remove_model(&m.file_id) {
-                tracing::warn!(model = name, error = %e, "could not remove a model file");
+            let files = std::iter::once(&m.file_id).chain(m.fhe.as_ref().map(|f| &f.file_id));
+            for file in files {
+                if let Err(e) = self.datasets.remove_model(file) {
+                    tracing::warn!(model = name, error = %e, "could not remove a model file");
+                }
             }
         }
         Ok(deleted.len())
@@ -333,6 +358,7 @@ impl Core {
                     summary: serde_json::to_string(&summary)
                         .map_err(|e| CoreError::Internal(e.to_string()))?,
                     signed_by: None,
+                    fhe: None,
                 },
                 NewAuditEntry::new(crate::auth::SYSTEM, "model.upload", format!("model:{name}"))
                     .details(json!({"bootstrap": true})),

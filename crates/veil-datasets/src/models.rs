@@ -93,3 +93,57 @@ impl Storage {
         }
     }
 }
+
+/// TFHE evaluation keys: public material (derived from a client key, useless for decryption),
+/// stored as plain files named by their id, written through a temp file and renamed.
+impl Storage {
+    fn evaluation_key_path(&self, id: &str) -> Option<PathBuf> {
+        let hex = id.strip_prefix("ek_")?;
+        Self::valid_id(hex).then(|| self.dir.join("fhe-keys").join(format!("{id}.key")))
+    }
+
+    pub async fn store_evaluation_key(
+        &self,
+        id: &str,
+        bytes: bytes::Bytes,
+    ) -> Result<(), ModelFileError> {
+        let path = self
+            .evaluation_key_path(id)
+            .ok_or_else(|| ModelFileError::Io("invalid key id".into()))?;
+        let id = id.to_string();
+        tokio::task::spawn_blocking(move || -> Result<(), ModelFileError> {
+            let io = |e: std::io::Error| ModelFileError::Io(e.to_string());
+            let dir = path.parent().map(PathBuf::from).unwrap_or_default();
+            std::fs::create_dir_all(&dir).map_err(io)?;
+            let tmp = dir.join(format!(".tmp-{id}"));
+            std::fs::write(&tmp, &bytes).map_err(io)?;
+            std::fs::rename(&tmp, &path).map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                io(e)
+            })
+        })
+        .await
+        .map_err(|e| ModelFileError::Io(e.to_string()))?
+    }
+
+    pub async fn load_evaluation_key(&self, id: &str) -> Result<Vec<u8>, ModelFileError> {
+        let path = self
+            .evaluation_key_path(id)
+            .ok_or_else(|| ModelFileError::Io("invalid key id".into()))?;
+        tokio::task::spawn_blocking(move || {
+            std::fs::read(&path).map_err(|e| ModelFileError::Io(e.to_string()))
+        })
+        .await
+        .map_err(|e| ModelFileError::Io(e.to_string()))?
+    }
+
+    pub fn remove_evaluation_key(&self, id: &str) -> std::io::Result<()> {
+        let path = self
+            .evaluation_key_path(id)
+            .ok_or_else(|| std::io::Error::other("invalid key id"))?;
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}

@@ -77,6 +77,20 @@ fn layers_only_reach_what_they_may_know() {
         ),
         ("veil-store", &["axum", "sqlx", "reqwest", "clap"]),
         (
+            // The encrypted-inference engine: maths on ciphertexts, no IO, no runtime.
+            "veil-fhe",
+            &[
+                "tokio",
+                "axum",
+                "sqlx",
+                "reqwest",
+                "clap",
+                "tracing",
+                "veil-store",
+                "veil-core",
+            ],
+        ),
+        (
             "veil-core",
             &[
                 "axum",

@@ -51,6 +51,7 @@ fn expected() -> BTreeMap<&'static str, &'static [&'static str]> {
     ];
     let creators: &[&str] = &["owner", "model-creator"];
     let reviewers: &[&str] = &["owner", "compliance-officer"];
+    let fhe_users: &[&str] = &["owner", "data-user"];
     BTreeMap::from([
         ("GET /healthz", ALL),
         ("GET /metrics", ALL),
@@ -96,6 +97,12 @@ fn expected() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("GET /api/v1/requests/{id}", ALL),
         ("POST /api/v1/requests/{id}/approve", reviewers),
         ("POST /api/v1/requests/{id}/deny", reviewers),
+        ("GET /api/v1/fhe/models/{name}", fhe_users),
+        ("POST /api/v1/fhe/models/{name}/infer", fhe_users),
+        ("POST /api/v1/fhe/models/{name}/finish", fhe_users),
+        ("GET /api/v1/fhe/keys", fhe_users),
+        ("POST /api/v1/fhe/keys", fhe_users),
+        ("DELETE /api/v1/fhe/keys/{id}", fhe_users),
     ])
 }
 

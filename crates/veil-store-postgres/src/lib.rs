@@ -905,8 +905,8 @@ impl Store for PostgresStore {
     async fn create_model(&self, m: &NewModel, audit: NewAuditEntry) -> Result<ModelRecord> {
         let mut tx = self.begin().await?;
         let row = query_as::<_, rows::ModelRow>(concat!(
-            "INSERT INTO models (name, version, owner_id, owner_email, file_id, wrapped_key, sha256, size_bytes, summary, signed_by, created_at)
-             VALUES ($1, (SELECT COALESCE(MAX(version), 0) + 1 FROM models WHERE name = $1), $2, $3, $4, $5, $6, $7, $8, $9, $10)
+            "INSERT INTO models (name, version, owner_id, owner_email, file_id, wrapped_key, sha256, size_bytes, summary, signed_by, created_at, fhe_file_id, fhe_wrapped_key, fhe_summary)
+             VALUES ($1, (SELECT COALESCE(MAX(version), 0) + 1 FROM models WHERE name = $1), $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
              RETURNING ",
             veil_store::model_columns!()
         ))
@@ -920,6 +920,9 @@ impl Store for PostgresStore {
         .bind(&m.summary)
         .bind(m.signed_by.as_deref())
         .bind(now_micros())
+        .bind(m.fhe.as_ref().map(|f| f.file_id.as_str()))
+        .bind(m.fhe.as_ref().map(|f| f.wrapped_key.as_slice()))
+        .bind(m.fhe.as_ref().map(|f| f.summary.as_str()))
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| {
@@ -985,6 +988,90 @@ impl Store for PostgresStore {
         self.append_in(&mut tx, &audit).await?;
         tx.commit().await.map_err(backend)?;
         deleted.into_iter().map(rows::model).collect()
+    }
+
+    async fn add_evaluation_key(
+        &self,
+        key: &NewEvaluationKey,
+        audit: NewAuditEntry,
+    ) -> Result<EvaluationKeyRecord> {
+        let mut tx = self.begin().await?;
+        let row = query_as::<_, rows::EvaluationKeyRow>(concat!(
+            "INSERT INTO evaluation_keys (id, user_id, sha256, size_bytes, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING ",
+            veil_store::evaluation_key_columns!()
+        ))
+        .bind(&key.id)
+        .bind(key.user_id)
+        .bind(&key.sha256)
+        .bind(sql_amount(key.size_bytes))
+        .bind(now_micros())
+        .bind(key.expires_at)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| {
+            if is_unique(&e) {
+                StoreError::Conflict {
+                    what: "evaluation key",
+                }
+            } else {
+                backend(e)
+            }
+        })?;
+        self.append_in(&mut tx, &audit).await?;
+        tx.commit().await.map_err(backend)?;
+        rows::evaluation_key(row)
+    }
+
+    async fn get_evaluation_key(&self, id: &str) -> Result<Option<EvaluationKeyRecord>> {
+        query_as::<_, rows::EvaluationKeyRow>(concat!(
+            "SELECT ",
+            veil_store::evaluation_key_columns!(),
+            " FROM evaluation_keys WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?
+        .map(rows::evaluation_key)
+        .transpose()
+    }
+
+    async fn list_evaluation_keys(&self, user_id: UserId) -> Result<Vec<EvaluationKeyRecord>> {
+        query_as::<_, rows::EvaluationKeyRow>(concat!(
+            "SELECT ",
+            veil_store::evaluation_key_columns!(),
+            " FROM evaluation_keys WHERE user_id = $1 ORDER BY created_at, id"
+        ))
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?
+        .into_iter()
+        .map(rows::evaluation_key)
+        .collect()
+    }
+
+    async fn delete_evaluation_key(
+        &self,
+        user_id: UserId,
+        id: &str,
+        audit: NewAuditEntry,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        let done = query("DELETE FROM evaluation_keys WHERE id = $1 AND user_id = $2")
+            .bind(id)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound {
+                what: "evaluation key",
+            });
+        }
+        self.append_in(&mut tx, &audit).await?;
+        tx.commit().await.map_err(backend)
     }
 
     async fn create_request(&self, r: &NewRequest, audit: NewAuditEntry) -> Result<RequestRecord> {

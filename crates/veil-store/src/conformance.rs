@@ -54,6 +54,7 @@ macro_rules! conformance_tests {
             dataset_global_cap_binds_all_users,
             signing_keys_round_trip,
             models_are_versioned,
+            fhe_artifacts_and_evaluation_keys_round_trip,
             request_transitions_are_compare_and_set,
         );
     };
@@ -1073,7 +1074,77 @@ fn new_model(name: &str, owner: &User, file: &str) -> NewModel {
         size_bytes: 10,
         summary: "{}".into(),
         signed_by: None,
+        fhe: None,
     }
+}
+
+pub async fn fhe_artifacts_and_evaluation_keys_round_trip(f: &dyn Fixture) {
+    let store = seeded(f).await;
+    let mo = user(store.as_ref(), "mo@lab.org", "model-creator").await;
+    let fhe = FheArtifact {
+        file_id: "c1".into(),
+        wrapped_key: vec![7, 8],
+        summary: "{\"kind\":\"linear\"}".into(),
+    };
+    let m = NewModel {
+        fhe: Some(fhe.clone()),
+        ..new_model("tumour-mlp", &mo, "f9")
+    };
+    let stored = store
+        .create_model(&m, audit("model.upload"))
+        .await
+        .expect("create");
+    assert_eq!(stored.fhe.as_ref(), Some(&fhe));
+    let got = store
+        .get_model("tumour-mlp", None)
+        .await
+        .expect("get")
+        .expect("some");
+    assert_eq!(got.fhe, Some(fhe));
+
+    let du = user(store.as_ref(), "du@lab.org", "data-user").await;
+    let other = user(store.as_ref(), "ot@lab.org", "data-user").await;
+    let key = NewEvaluationKey {
+        id: "ek_1".into(),
+        user_id: du.id,
+        sha256: "ab".into(),
+        size_bytes: 30_000_000,
+        expires_at: 1_000,
+    };
+    let rec = store
+        .add_evaluation_key(&key, audit("fhe.key.add"))
+        .await
+        .expect("add");
+    assert_eq!((rec.size_bytes, rec.expires_at), (30_000_000, 1_000));
+    let dup = store.add_evaluation_key(&key, audit("fhe.key.add")).await;
+    assert!(matches!(dup, Err(StoreError::Conflict { .. })), "{dup:?}");
+    assert_eq!(
+        store.get_evaluation_key("ek_1").await.expect("get"),
+        Some(rec.clone())
+    );
+    assert_eq!(
+        store.list_evaluation_keys(du.id).await.expect("list"),
+        vec![rec]
+    );
+    assert!(
+        store
+            .list_evaluation_keys(other.id)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    let not_theirs = store
+        .delete_evaluation_key(other.id, "ek_1", audit("fhe.key.delete"))
+        .await;
+    assert!(
+        matches!(not_theirs, Err(StoreError::NotFound { .. })),
+        "{not_theirs:?}"
+    );
+    store
+        .delete_evaluation_key(du.id, "ek_1", audit("fhe.key.delete"))
+        .await
+        .expect("delete");
+    assert_eq!(store.get_evaluation_key("ek_1").await.expect("get"), None);
 }
 
 pub async fn models_are_versioned(f: &dyn Fixture) {

@@ -169,6 +169,24 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         audit: NewAuditEntry,
     ) -> Result<Vec<ModelRecord>>;
 
+    // ---- evaluation keys (encrypted inference)
+    /// `Conflict` if the id is taken.
+    async fn add_evaluation_key(
+        &self,
+        key: &NewEvaluationKey,
+        audit: NewAuditEntry,
+    ) -> Result<EvaluationKeyRecord>;
+    async fn get_evaluation_key(&self, id: &str) -> Result<Option<EvaluationKeyRecord>>;
+    /// Oldest first.
+    async fn list_evaluation_keys(&self, user_id: UserId) -> Result<Vec<EvaluationKeyRecord>>;
+    /// `NotFound` unless the key exists and belongs to `user_id`.
+    async fn delete_evaluation_key(
+        &self,
+        user_id: UserId,
+        id: &str,
+        audit: NewAuditEntry,
+    ) -> Result<()>;
+
     // ---- requests
     async fn create_request(&self, r: &NewRequest, audit: NewAuditEntry) -> Result<RequestRecord>;
     async fn get_request(&self, id: i64) -> Result<Option<RequestRecord>>;

@@ -446,6 +446,46 @@ pub struct NewModel {
     pub summary: String,
     /// Fingerprint of the key that signed it, if signed.
     pub signed_by: Option<String>,
+    /// The compiled encrypted-inference circuit, if the model is published for FHE.
+    pub fhe: Option<FheArtifact>,
+}
+
+/// A model version's compiled FHE circuit: a sealed file (it holds the quantised weights) and
+/// the public summary a client needs to encrypt inputs and read outputs (JSON).
+#[derive(Clone, PartialEq, Eq)]
+pub struct FheArtifact {
+    pub file_id: String,
+    pub wrapped_key: Vec<u8>,
+    pub summary: String,
+}
+
+impl std::fmt::Debug for FheArtifact {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FheArtifact")
+            .field("file_id", &self.file_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A TFHE evaluation key a user uploaded; the key itself is a file named by `id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvaluationKey {
+    /// Random public id (`ek_` + 32 hex digits), chosen by the caller.
+    pub id: String,
+    pub user_id: UserId,
+    pub sha256: String,
+    pub size_bytes: u64,
+    pub expires_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvaluationKeyRecord {
+    pub id: String,
+    pub user_id: UserId,
+    pub sha256: String,
+    pub size_bytes: u64,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
 }
 
 impl std::fmt::Debug for NewModel {
@@ -473,6 +513,7 @@ pub struct ModelRecord {
     pub summary: String,
     pub signed_by: Option<String>,
     pub created_at: Timestamp,
+    pub fhe: Option<FheArtifact>,
 }
 
 impl std::fmt::Debug for ModelRecord {

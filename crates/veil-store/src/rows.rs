@@ -7,8 +7,9 @@
 use veil_types::{Delta, Epsilon, PermissionSet};
 
 use crate::{
-    AuditEntry, AuditHead, Budget, DatasetRecord, LedgerEntry, ModelRecord, RequestRecord,
-    RequestStatus, Role, SigningKeyRecord, StoreError, TokenKind, TokenRecord, User,
+    AuditEntry, AuditHead, Budget, DatasetRecord, EvaluationKeyRecord, FheArtifact, LedgerEntry,
+    ModelRecord, RequestRecord, RequestStatus, Role, SigningKeyRecord, StoreError, TokenKind,
+    TokenRecord, User,
 };
 
 /// The column list matching the row tuple below, as a literal for `concat!`.
@@ -274,7 +275,7 @@ pub fn signing_key(r: SigningKeyRow) -> SigningKeyRecord {
 #[macro_export]
 macro_rules! model_columns {
     () => {
-        "id, name, version, owner_id, owner_email, file_id, wrapped_key, sha256, size_bytes, summary, signed_by, created_at"
+        "id, name, version, owner_id, owner_email, file_id, wrapped_key, sha256, size_bytes, summary, signed_by, created_at, fhe_file_id, fhe_wrapped_key, fhe_summary"
     };
 }
 pub type ModelRow = (
@@ -290,6 +291,9 @@ pub type ModelRow = (
     String,
     Option<String>,
     i64,
+    Option<String>,
+    Option<Vec<u8>>,
+    Option<String>,
 );
 
 pub fn model(r: ModelRow) -> Result<ModelRecord, StoreError> {
@@ -307,6 +311,38 @@ pub fn model(r: ModelRow) -> Result<ModelRecord, StoreError> {
         summary: r.9,
         signed_by: r.10,
         created_at: r.11,
+        fhe: match (r.12, r.13, r.14) {
+            (Some(file_id), Some(wrapped_key), Some(summary)) => Some(FheArtifact {
+                file_id,
+                wrapped_key,
+                summary,
+            }),
+            (None, None, None) => None,
+            _ => {
+                return Err(StoreError::Corrupt(
+                    "model FHE columns are partly set".into(),
+                ));
+            }
+        },
+    })
+}
+
+#[macro_export]
+macro_rules! evaluation_key_columns {
+    () => {
+        "id, user_id, sha256, size_bytes, created_at, expires_at"
+    };
+}
+pub type EvaluationKeyRow = (String, i64, String, i64, i64, i64);
+
+pub fn evaluation_key(r: EvaluationKeyRow) -> Result<EvaluationKeyRecord, StoreError> {
+    Ok(EvaluationKeyRecord {
+        id: r.0,
+        user_id: r.1,
+        sha256: r.2,
+        size_bytes: amount(r.3)?,
+        created_at: r.4,
+        expires_at: r.5,
     })
 }
 

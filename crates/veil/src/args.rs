@@ -75,6 +75,9 @@ pub enum Command {
     /// List, inspect, approve or deny requests.
     #[command(subcommand)]
     Requests(RequestsCmd),
+    /// Encrypted inference (TFHE): keys, encryption, runs on published models.
+    #[command(subcommand)]
+    Fhe(FheCmd),
     /// Measure a node's performance.
     Bench(BenchArgs),
 }
@@ -129,6 +132,12 @@ pub struct ServeArgs {
     /// Wall-clock limit of one validation run, e.g. 60s or 5m [default: 60s].
     #[arg(long, env = "VEIL_VALIDATION_TIME_LIMIT")]
     pub validation_time_limit: Option<String>,
+    /// Wall-clock limit of one encrypted-inference request, e.g. 10m [default: 10m].
+    #[arg(long, env = "VEIL_FHE_TIME_LIMIT")]
+    pub fhe_time_limit: Option<String>,
+    /// How long an uploaded evaluation key stays usable, e.g. 7d [default: 7d].
+    #[arg(long, env = "VEIL_FHE_KEY_TTL")]
+    pub fhe_key_ttl: Option<String>,
     /// Log format: text or json [default: text].
     #[arg(long, env = "VEIL_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -257,9 +266,13 @@ pub enum AuditCmd {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// What to measure: `api` (requests/s, budget debit latency), `datasets` (upload
-    /// throughput, DP query overhead over plain DataFusion) or `validate` (model validation
-    /// throughput against a bare tract loop).
+    /// throughput, DP query overhead over plain DataFusion), `validate` (model validation
+    /// throughput against a bare tract loop) or `fhe` (encrypted inference per sample against
+    /// the bootstrap lower bound).
     pub target: String,
+    /// `fhe`: encrypted samples per model.
+    #[arg(long, default_value_t = 10)]
+    pub samples: usize,
     /// Rows to generate [default: 10 million for `datasets`, 1 million for `validate`].
     #[arg(long)]
     pub rows: Option<u64>,
@@ -375,6 +388,17 @@ pub enum ModelsCmd {
         /// Sign with this private key file (from `veil keys generate`) before uploading.
         #[arg(long)]
         sign_with: Option<PathBuf>,
+        /// Also publish for encrypted inference: the node compiles the model to a TFHE
+        /// circuit (needs `models:publish` and `--calibration`).
+        #[arg(long, requires = "calibration")]
+        fhe: bool,
+        /// Input quantisation bits for `--fhe` (2-12) [default: chosen per model type].
+        #[arg(long, requires = "fhe")]
+        bits: Option<u32>,
+        /// CSV of representative inputs (header, then one column per feature) to calibrate
+        /// the quantisation for `--fhe`.
+        #[arg(long, requires = "fhe")]
+        calibration: Option<PathBuf>,
     },
     /// List models (every version).
     List,
@@ -390,6 +414,88 @@ pub enum ModelsCmd {
         #[arg(long)]
         version: Option<u32>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FheCmd {
+    /// Create a client key (kept here, mode 0600) and its evaluation key for nodes.
+    Keygen {
+        /// Key directory [default: <config dir>/fhe].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Replace an existing key.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Your evaluation keys on the node.
+    #[command(subcommand)]
+    Keys(FheKeysCmd),
+    /// Show how a model was compiled for encrypted inference.
+    Show {
+        model: String,
+        #[arg(long)]
+        version: Option<u32>,
+    },
+    /// Encrypt rows of a CSV, run the model on the node, decrypt the predictions here.
+    Infer(FheInferArgs),
+    /// Encrypt rows of a CSV into a request body for `POST /api/v1/fhe/models/{name}/infer`.
+    Encrypt {
+        model: String,
+        #[arg(long)]
+        input: PathBuf,
+        /// Where to write the request JSON [default: standard output].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        version: Option<u32>,
+        /// Key directory [default: <config dir>/fhe].
+        #[arg(long)]
+        keys: Option<PathBuf>,
+        /// Use this model specification (from `veil fhe show --json`) instead of asking the node.
+        #[arg(long)]
+        spec: Option<PathBuf>,
+    },
+    /// Decrypt a node's reply (the JSON of `POST …/infer`) into predictions.
+    Decrypt {
+        model: String,
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        version: Option<u32>,
+        #[arg(long)]
+        keys: Option<PathBuf>,
+        #[arg(long)]
+        spec: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FheKeysCmd {
+    List,
+    Delete { id: String },
+}
+
+#[derive(Debug, Args)]
+pub struct FheInferArgs {
+    pub model: String,
+    /// CSV with a header and one column per model feature (plus, optionally, `--label`).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// A column of true labels to leave out of the inputs and score the predictions against.
+    #[arg(long)]
+    pub label: Option<String>,
+    #[arg(long)]
+    pub version: Option<u32>,
+    /// Key directory [default: <config dir>/fhe].
+    #[arg(long)]
+    pub keys: Option<PathBuf>,
+    /// Samples per request (progress is shown per request).
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Split inference: run only the first K layers under FHE, decrypt the hidden activations
+    /// here and let the node finish in plaintext. The node then sees those activations.
+    #[arg(long)]
+    pub split_at: Option<usize>,
 }
 
 #[derive(Debug, Args)]

@@ -98,7 +98,14 @@ pub async fn run(a: BenchArgs, json: bool) -> Result<ExitCode> {
             crate::bench_validate::run(a.rows.unwrap_or(1_000_000), json).await?;
             Ok(ExitCode::SUCCESS)
         }
-        other => bail!("unknown benchmark {other:?}: available: api, datasets, validate"),
+        "fhe" => {
+            let samples = a.samples;
+            tokio::task::spawn_blocking(move || crate::bench_fhe::run(samples, json))
+                .await
+                .context("benchmark task panicked")??;
+            Ok(ExitCode::SUCCESS)
+        }
+        other => bail!("unknown benchmark {other:?}: available: api, datasets, validate, fhe"),
     }
 }
 

@@ -8,10 +8,12 @@
 mod args;
 mod bench;
 mod bench_datasets;
+mod bench_fhe;
 mod bench_validate;
 mod commands;
 mod credentials;
 mod data;
+mod fhe;
 mod ml;
 mod output;
 mod serve;
@@ -77,12 +79,28 @@ fn exit_code(e: &ClientError) -> u8 {
             c if c.ends_with("_not_found") || c == "not_found" => 5,
             "user_exists" | "role_exists" | "token_name_taken" | "role_in_use" | "preset_role"
             | "last_owner" | "cannot_modify_self" => 6,
-            "dataset_exists" | "key_exists" | "request_not_pending" | "model_name_taken" => 6,
+            "dataset_exists"
+            | "key_exists"
+            | "request_not_pending"
+            | "model_name_taken"
+            | "fhe_key_limit" => 6,
             "budget_exhausted" => 7,
             "rate_limited" => 8,
-            "invalid_input" | "malformed_json" | "weak_password" | "invalid_manifest"
-            | "upload_rejected" | "upload_malformed" | "query_refused" | "payload_too_large"
-            | "invalid_model" | "signature_required" | "bad_signature" | "invalid_validation" => 2,
+            "invalid_input"
+            | "malformed_json"
+            | "weak_password"
+            | "invalid_manifest"
+            | "upload_rejected"
+            | "upload_malformed"
+            | "query_refused"
+            | "payload_too_large"
+            | "invalid_model"
+            | "signature_required"
+            | "bad_signature"
+            | "invalid_validation"
+            | "fhe_key_mismatch"
+            | "malformed_ciphertext"
+            | "invalid_fhe_request" => 2,
             _ => 1,
         },
         ClientError::Transport { .. } => 10,

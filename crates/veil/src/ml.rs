@@ -136,6 +136,12 @@ fn print_model(m: &ModelView) {
                 m.signed_by.clone().unwrap_or_else(|| "not signed".into())
             ),
             ("producer", format!("{} (opset {})", m.producer, m.opset)),
+            (
+                "encrypted inference",
+                m.fhe
+                    .as_ref()
+                    .map_or("not published".into(), crate::fhe::describe)
+            ),
             ("uploaded", time(Some(&m.created_at))),
         ])
     );
@@ -148,6 +154,9 @@ pub async fn models(c: &Client, json: bool, cmd: ModelsCmd) -> Result<ExitCode> 
             onnx,
             signature,
             sign_with,
+            fhe,
+            bits,
+            calibration,
         } => {
             let bytes =
                 std::fs::read(&onnx).with_context(|| format!("cannot read {}", onnx.display()))?;
@@ -164,7 +173,15 @@ pub async fn models(c: &Client, json: bool, cmd: ModelsCmd) -> Result<ExitCode> 
                 }
                 (None, None) => None,
             };
-            let m = c.upload_model(&name, bytes, signature).await?;
+            let fhe = match (fhe, calibration) {
+                (true, Some(path)) => Some((
+                    FhePublishOptions { bits },
+                    std::fs::read(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?,
+                )),
+                _ => None,
+            };
+            let m = c.upload_model_with(&name, bytes, signature, fhe).await?;
             if json {
                 print_json(&m)?;
             } else {

@@ -32,6 +32,8 @@ struct FileConfig {
     require_signed_models: Option<bool>,
     model_limit: Option<usize>,
     validation_time_limit: Option<String>,
+    fhe_time_limit: Option<String>,
+    fhe_key_ttl: Option<String>,
 }
 
 /// Fully resolved settings.
@@ -113,6 +115,14 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
     if let Some(t) = args.validation_time_limit.or(file.validation_time_limit) {
         server.core.validation_time_limit = parse_lifetime(&t)?
             .context("validation runs need a time limit, e.g. --validation-time-limit 60s")?;
+    }
+    if let Some(t) = args.fhe_time_limit.or(file.fhe_time_limit) {
+        server.core.fhe_time_limit = parse_lifetime(&t)?
+            .context("encrypted inference needs a time limit, e.g. --fhe-time-limit 10m")?;
+    }
+    if let Some(t) = args.fhe_key_ttl.or(file.fhe_key_ttl) {
+        server.core.fhe_key_ttl = parse_lifetime(&t)?
+            .context("evaluation keys need a lifetime, e.g. --fhe-key-ttl 7d")?;
     }
     let log_format = args
         .log_format

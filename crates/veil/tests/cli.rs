@@ -576,3 +576,187 @@ async fn datasets_and_queries_from_the_command_line() {
     let out = cli.run(&["datasets", "show", "patients"]);
     assert_eq!(out.status.code(), Some(5));
 }
+
+/// The breast-cancer fixture rows `rows` (features, then the label as the model's class id).
+fn breast_cancer_csv(path: &str, rows: std::ops::Range<usize>, with_label: bool) -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/data")
+        .join(path);
+    let text = std::fs::read_to_string(p).expect("fixture");
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().expect("header").split(',').collect();
+    let n = header.len() - 1;
+    let mut out = header[..n].join(",");
+    if with_label {
+        out.push_str(",label");
+    }
+    out.push('\n');
+    for line in lines.skip(rows.start).take(rows.len()) {
+        let cells: Vec<&str> = line.split(',').collect();
+        out.push_str(&cells[..n].join(","));
+        if with_label {
+            out.push_str(if cells[n] == "benign" { ",1" } else { ",0" });
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_inference_from_the_command_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = node(dir.path()).await;
+    let cli = Cli::new(&node.url);
+    let out = cli.run_stdin(
+        &["login", "--email", "owner@localhost", "--password-stdin"],
+        &format!("{OWNER_PW}\n"),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
+    let calibration = dir.path().join("calibration.csv");
+    std::fs::write(
+        &calibration,
+        breast_cancer_csv("breast_cancer_train.csv", 0..400, false),
+    )
+    .expect("write");
+    let model = fixtures.join("models/breast_cancer_mlp8.onnx");
+    let up = cli.ok(&[
+        "models",
+        "upload",
+        "tumour-mlp",
+        "--onnx",
+        model.to_str().expect("path"),
+        "--fhe",
+        "--calibration",
+        calibration.to_str().expect("path"),
+    ]);
+    assert!(up.contains("PBS per sample"), "{up}");
+
+    let keys = dir.path().join("fhe");
+    let kd = keys.to_str().expect("path");
+    let made = cli.ok(&["fhe", "keygen", "--out", kd]);
+    assert!(made.contains("never leaves this machine"), "{made}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(keys.join("client.key")).expect("key");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    }
+    let again = cli.run(&["fhe", "keygen", "--out", kd]);
+    assert!(!again.status.success() && stderr(&again).contains("refusing"));
+
+    let input = dir.path().join("patients.csv");
+    std::fs::write(
+        &input,
+        breast_cancer_csv("breast_cancer_test.csv", 0..6, true),
+    )
+    .expect("write");
+    let inp = input.to_str().expect("path");
+    let json = cli.ok(&[
+        "fhe",
+        "infer",
+        "tumour-mlp",
+        "--input",
+        inp,
+        "--label",
+        "label",
+        "--keys",
+        kd,
+        "--batch",
+        "3",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(v["predictions"].as_array().expect("array").len(), 6);
+    assert!(
+        v["accuracy"].as_f64().expect("accuracy") >= 4.0 / 6.0,
+        "{v}"
+    );
+    // The key was uploaded once and is reused.
+    let listed = cli.ok(&["fhe", "keys", "list", "--json"]);
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("json");
+    assert_eq!(listed.as_array().expect("array").len(), 1);
+
+    let split = cli.ok(&[
+        "fhe",
+        "infer",
+        "tumour-mlp",
+        "--input",
+        inp,
+        "--label",
+        "label",
+        "--keys",
+        kd,
+        "--split-at",
+        "1",
+        "--json",
+    ]);
+    let s: serde_json::Value = serde_json::from_str(&split).expect("json");
+    assert_eq!(s["predictions"].as_array().expect("array").len(), 6);
+    let wrong = cli.run(&[
+        "fhe",
+        "infer",
+        "tumour-mlp",
+        "--input",
+        inp,
+        "--label",
+        "label",
+        "--keys",
+        kd,
+        "--split-at",
+        "2",
+    ]);
+    assert!(
+        !wrong.status.success() && stderr(&wrong).contains("layer 1"),
+        "{}",
+        stderr(&wrong)
+    );
+
+    // Offline primitives: encrypt to a request body, send it, decrypt the reply.
+    let plain = dir.path().join("plain.csv");
+    std::fs::write(
+        &plain,
+        breast_cancer_csv("breast_cancer_test.csv", 0..2, false),
+    )
+    .expect("write");
+    let request = dir.path().join("request.json");
+    cli.ok(&[
+        "fhe",
+        "encrypt",
+        "tumour-mlp",
+        "--input",
+        plain.to_str().expect("path"),
+        "--out",
+        request.to_str().expect("path"),
+        "--keys",
+        kd,
+    ]);
+    let body: veil_api_types::FheInferBody =
+        serde_json::from_str(&std::fs::read_to_string(&request).expect("read")).expect("body");
+    assert_eq!(body.samples.len(), 2);
+    assert!(body.key_id.starts_with("ek_"), "{}", body.key_id);
+    let creds: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(cli.config_dir.path().join("credentials.json")).expect("creds"),
+    )
+    .expect("json");
+    let client = veil_client::Client::new(&node.url)
+        .expect("client")
+        .with_token(creds["token"].as_str().expect("token").to_string());
+    let reply = client.fhe_infer("tumour-mlp", &body).await.expect("infer");
+    let reply_path = dir.path().join("reply.json");
+    std::fs::write(&reply_path, serde_json::to_string(&reply).expect("json")).expect("write");
+    let decrypted = cli.ok(&[
+        "fhe",
+        "decrypt",
+        "tumour-mlp",
+        "--input",
+        reply_path.to_str().expect("path"),
+        "--keys",
+        kd,
+        "--json",
+    ]);
+    let d: serde_json::Value = serde_json::from_str(&decrypted).expect("json");
+    for i in 0..2 {
+        assert_eq!(d[i]["label"], v["predictions"][i]["label"], "{d} {v}");
+    }
+}

@@ -4,6 +4,7 @@ pub(crate) mod audit;
 pub(crate) mod auth;
 pub(crate) mod budgets;
 pub(crate) mod datasets;
+pub(crate) mod fhe;
 pub(crate) mod models;
 pub(crate) mod roles;
 pub(crate) mod system;

@@ -15,6 +15,8 @@ use crate::views;
 
 /// Largest signature part accepted.
 const MAX_SIGNATURE_BYTES: usize = 1024;
+/// Largest `fhe` options part accepted.
+const MAX_FHE_OPTIONS_BYTES: usize = 1024;
 
 fn key_view(k: SigningKeyRecord) -> SigningKeyView {
     SigningKeyView {
@@ -74,6 +76,11 @@ pub(crate) fn model_view(m: ModelInfo) -> ModelView {
         producer: s.producer,
         opset: s.opset,
         classes,
+        fhe: r
+            .fhe
+            .as_ref()
+            .and_then(|f| serde_json::from_str::<veil_core::FheSummary>(&f.summary).ok())
+            .map(|f| super::fhe::info_view(&f)),
     }
 }
 
@@ -202,7 +209,7 @@ pub(crate) async fn show(
     security(("bearer" = [])),
     params(("name" = String, Path, description = "Model name")),
     request_body(content = ModelUploadForm, content_type = "multipart/form-data",
-        description = "Parts: `onnx` (the model), optional `signature`"),
+        description = "Parts: `onnx` (the model), optional `signature`; to publish for encrypted inference, `fhe` (JSON options) and `calibration` (CSV)"),
     responses(
         (status = 201, description = "Checked and stored (encrypted) as the next version", body = ModelView),
         (status = 400, description = "`invalid_input`", body = ErrorBody),
@@ -210,7 +217,7 @@ pub(crate) async fn show(
         (status = 403, description = "`forbidden`: needs `models:manage`", body = ErrorBody),
         (status = 409, description = "`model_name_taken`", body = ErrorBody),
         (status = 413, description = "`payload_too_large`", body = ErrorBody),
-        (status = 422, description = "`invalid_model`, `signature_required` or `bad_signature`", body = ErrorBody),
+        (status = 422, description = "`invalid_model` (also: cannot be compiled for encrypted inference), `signature_required` or `bad_signature`", body = ErrorBody),
     ))]
 pub(crate) async fn upload(
     State(s): State<AppState>,
@@ -224,13 +231,17 @@ pub(crate) async fn upload(
     };
     let mut onnx = None;
     let mut signature = None;
+    let mut fhe = None;
+    let mut calibration = None;
     while let Some(mut field) = form.next_field().await.map_err(bad)? {
         let (max, slot) = match field.name() {
             Some("onnx") => (limit, &mut onnx),
             Some("signature") => (MAX_SIGNATURE_BYTES, &mut signature),
+            Some("fhe") => (MAX_FHE_OPTIONS_BYTES, &mut fhe),
+            Some("calibration") => (limit, &mut calibration),
             other => {
                 return Err(ApiError::invalid(format!(
-                    "unexpected form part {other:?}: send `onnx` and optionally `signature`"
+                    "unexpected form part {other:?}: send `onnx` and optionally `signature`, `fhe` and `calibration`"
                 )));
             }
         };
@@ -246,7 +257,28 @@ pub(crate) async fn upload(
         *slot = Some(buf);
     }
     let onnx = onnx.ok_or_else(|| ApiError::invalid("the form needs an `onnx` part"))?;
-    let m = s.core.upload_model(&p, &name, onnx, signature).await?;
+    let fhe = match (fhe, calibration) {
+        (None, None) => None,
+        (Some(opts), Some(calibration_csv)) => {
+            let opts: FhePublishOptions = serde_json::from_slice(&opts)
+                .map_err(|e| ApiError::invalid(format!("invalid `fhe` options: {e}")))?;
+            Some(veil_core::FhePublish {
+                bits: opts.bits,
+                calibration_csv,
+            })
+        }
+        (Some(_), None) => {
+            return Err(ApiError::invalid(
+                "publishing for encrypted inference needs a `calibration` part (CSV)",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ApiError::invalid(
+                "a `calibration` part is only used with the `fhe` part",
+            ));
+        }
+    };
+    let m = s.core.upload_model(&p, &name, onnx, signature, fhe).await?;
     Ok((StatusCode::CREATED, Json(model_view(m))))
 }
 
@@ -373,7 +405,7 @@ pub(crate) async fn approve(
 
 /// Runs a request to completion on its own task: a run charges the budget before it starts,
 /// so a client that disconnects (dropping the handler's future) must not leave it half done.
-async fn detached<T: Send + 'static>(
+pub(crate) async fn detached<T: Send + 'static>(
     f: impl std::future::Future<Output = veil_core::Result<T>> + Send + 'static,
 ) -> ApiResult<T> {
     match tokio::spawn(f).await {

@@ -19,8 +19,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::noise::Params;
 use crate::FheError;
+use crate::noise::Params;
 
 pub type ValueId = usize;
 
@@ -34,10 +34,24 @@ pub const MAX_BITS: u32 = 48;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
-    Input { feature: usize, p: u32 },
-    Linear { terms: Vec<(ValueId, i64)>, bias: i64, p: u32 },
-    Narrow { input: ValueId, shift: u32 },
-    Lut { input: ValueId, table: Vec<i64>, p: u32 },
+    Input {
+        feature: usize,
+        p: u32,
+    },
+    Linear {
+        terms: Vec<(ValueId, i64)>,
+        bias: i64,
+        p: u32,
+    },
+    Narrow {
+        input: ValueId,
+        shift: u32,
+    },
+    Lut {
+        input: ValueId,
+        table: Vec<i64>,
+        p: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,7 +72,11 @@ pub fn wrap_signed(v: i128, p: u32) -> i64 {
 /// What one bootstrap computes for an input value (any integer; only its low 5 bits matter).
 pub fn lut_apply(table: &[i64], v: i64, p_out: u32) -> i64 {
     let idx = v.rem_euclid(2 * LUT_SIZE as i64) as usize;
-    let out = if idx < LUT_SIZE { table[idx] as i128 } else { -(table[idx - LUT_SIZE] as i128) };
+    let out = if idx < LUT_SIZE {
+        table[idx] as i128
+    } else {
+        -(table[idx - LUT_SIZE] as i128)
+    };
     wrap_signed(out, p_out)
 }
 
@@ -93,7 +111,10 @@ impl Circuit {
     }
 
     pub fn pbs_count(&self) -> usize {
-        self.ops.iter().filter(|op| matches!(op, Op::Lut { .. })).count()
+        self.ops
+            .iter()
+            .filter(|op| matches!(op, Op::Lut { .. }))
+            .count()
     }
 
     /// Checks the structure: references point backwards, encodings fit, tables are whole,
@@ -108,7 +129,9 @@ impl Circuit {
             let p = match op {
                 Op::Input { feature, p } => {
                     if *feature >= self.n_inputs || seen[*feature] {
-                        return bad(format!("op {i}: input feature {feature} is out of range or repeated"));
+                        return bad(format!(
+                            "op {i}: input feature {feature} is out of range or repeated"
+                        ));
                     }
                     seen[*feature] = true;
                     *p
@@ -119,7 +142,10 @@ impl Circuit {
                             return bad(format!("op {i}: refers to a later value"));
                         }
                         if enc[*id] < *p {
-                            return bad(format!("op {i}: term at encoding {} is narrower than {p}", enc[*id]));
+                            return bad(format!(
+                                "op {i}: term at encoding {} is narrower than {p}",
+                                enc[*id]
+                            ));
                         }
                     }
                     *p
@@ -135,7 +161,10 @@ impl Circuit {
                         return bad(format!("op {i}: bad lookup table"));
                     }
                     if enc[*input] != LUT_BITS {
-                        return bad(format!("op {i}: bootstrap input encoding {} is not {LUT_BITS}", enc[*input]));
+                        return bad(format!(
+                            "op {i}: bootstrap input encoding {} is not {LUT_BITS}",
+                            enc[*input]
+                        ));
                     }
                     *p
                 }
@@ -162,7 +191,10 @@ impl Circuit {
             let v = match op {
                 Op::Input { feature, p } => wrap_signed(inputs[*feature] as i128, *p),
                 Op::Linear { terms, bias, p } => {
-                    let s: i128 = terms.iter().map(|(id, c)| *c as i128 * vals[*id] as i128).sum();
+                    let s: i128 = terms
+                        .iter()
+                        .map(|(id, c)| *c as i128 * vals[*id] as i128)
+                        .sum();
                     wrap_signed(s + *bias as i128, *p)
                 }
                 Op::Narrow { input, shift } => {
@@ -189,7 +221,7 @@ impl Circuit {
                 Op::Linear { terms, p, .. } => terms
                     .iter()
                     .map(|(id, c)| {
-                            // The ciphertext is multiplied by c·2^(q-p); noise is absolute on the torus.
+                        // The ciphertext is multiplied by c·2^(q-p); noise is absolute on the torus.
                         let m = *c as f64 * 2f64.powi((enc[*id] - p) as i32);
                         m * m * var[*id]
                     })

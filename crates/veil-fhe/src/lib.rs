@@ -15,7 +15,10 @@ pub mod model;
 pub mod noise;
 
 pub use circuit::{Circuit, Op};
-pub use compile::{CompileOptions, CompiledModel, Fidelity, Quantiser, compile, fidelity};
+pub use compile::{
+    ClientSpec, CompileOptions, CompiledModel, Fidelity, Quantiser, Split, SplitSpec, compile,
+    fidelity,
+};
 pub use model::{FloatModel, Head, read_onnx};
 pub use noise::Params;
 

@@ -60,14 +60,20 @@ fn pbs_var(n: f64, k: f64, big_n: f64, base: f64, level: f64) -> f64 {
         * (base * base / 12.0 + 0.166666666666667)
         * (k + 1.0);
     let rest = -1.0 / 24.0 * Q.powi(-2)
-        + 0.5 * k * big_n * (0.0208333333333333 * Q.powi(-2) + 0.0416666666666667 * base.powf(-2.0 * level))
+        + 0.5
+            * k
+            * big_n
+            * (0.0208333333333333 * Q.powi(-2) + 0.0416666666666667 * base.powf(-2.0 * level))
         + 1.0 / 24.0 * base.powf(-2.0 * level);
     n * (fft + ext + rest)
 }
 
 fn ks_var(n_in: f64, n_out: f64, base: f64, level: f64) -> f64 {
     let c = 2.885_390_081_777_93;
-    level * n_in * (ex2(4.44 - c * Q.ln()) + key_noise_var(n_out)) * (base * base / 12.0 + 0.166666666666667)
+    level
+        * n_in
+        * (ex2(4.44 - c * Q.ln()) + key_noise_var(n_out))
+        * (base * base / 12.0 + 0.166666666666667)
         + n_in * (0.0208333333333333 * Q.powi(-2) + 0.0416666666666667 * base.powf(-2.0 * level))
         - 1.0 / 12.0 * Q.powi(-2)
         + 1.0 / 12.0 * Q.powi(-2)
@@ -109,7 +115,7 @@ impl Params {
 
 /// log2(erfc(x)), accurate far into the tail (where erfc underflows f64 for x > 26).
 fn log2_erfc(x: f64) -> f64 {
-    if x < 3.0 {
+    if x < 5.0 {
         return erfc_small(x).log2();
     }
     // Asymptotic series: erfc(x) ≈ e^{-x²}/(x√π) · (1 − 1/(2x²) + 3/(4x⁴) − 15/(8x⁶)).
@@ -122,14 +128,16 @@ fn log2_erfc(x: f64) -> f64 {
 fn erfc_small(x: f64) -> f64 {
     let z = x.abs();
     let t = 1.0 / (1.0 + 0.5 * z);
-    let r = t * (-z * z - 1.26551223
-        + t * (1.00002368
-            + t * (0.37409196
-                + t * (0.09678418
-                    + t * (-0.18628806
-                        + t * (0.27886807
-                            + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))))
-        .exp();
+    let r = t
+        * (-z * z - 1.26551223
+            + t * (1.00002368
+                + t * (0.37409196
+                    + t * (0.09678418
+                        + t * (-0.18628806
+                            + t * (0.27886807
+                                + t * (-1.13520398
+                                    + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))))
+            .exp();
     if x >= 0.0 { r } else { 2.0 - r }
 }
 
@@ -153,8 +161,12 @@ mod tests {
 
     #[test]
     fn tail_is_continuous() {
-        let a = erfc_small(2.999).log2();
-        let b = log2_erfc(3.001);
+        // Both branches agree where they meet (5 is on the asymptotic side).
+        let a = erfc_small(5.0).log2();
+        let b = log2_erfc(5.0);
         assert!((a - b).abs() < 0.01, "{a} {b}");
+        // erfc(5) = 1.5375e-12, erfc(10) = 2.0885e-45.
+        assert!((log2_erfc(5.0) - 1.5375e-12f64.log2()).abs() < 0.01);
+        assert!((log2_erfc(10.0) - 2.0885e-45f64.log2()).abs() < 0.01);
     }
 }

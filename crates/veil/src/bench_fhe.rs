@@ -30,12 +30,42 @@ struct Case {
 }
 
 const CASES: &[Case] = &[
-    Case { name: "breast-cancer LR", model: fixture!("models/breast_cancer_lr_scaled.onnx"), train: fixture!("data/breast_cancer_train.csv"), test: fixture!("data/breast_cancer_test.csv") },
-    Case { name: "breast-cancer MLP 30-8-1", model: fixture!("models/breast_cancer_mlp8.onnx"), train: fixture!("data/breast_cancer_train.csv"), test: fixture!("data/breast_cancer_test.csv") },
-    Case { name: "breast-cancer RF 10×d4", model: fixture!("models/breast_cancer_rf.onnx"), train: fixture!("data/breast_cancer_train.csv"), test: fixture!("data/breast_cancer_test.csv") },
-    Case { name: "digits LR", model: fixture!("models/digits_lr.onnx"), train: fixture!("data/digits_train.csv"), test: fixture!("data/digits_test.csv") },
-    Case { name: "digits MLP 64-16-10", model: fixture!("models/digits_mlp16.onnx"), train: fixture!("data/digits_train.csv"), test: fixture!("data/digits_test.csv") },
-    Case { name: "digits RF 10×d4", model: fixture!("models/digits_rf.onnx"), train: fixture!("data/digits_train.csv"), test: fixture!("data/digits_test.csv") },
+    Case {
+        name: "breast-cancer LR",
+        model: fixture!("models/breast_cancer_lr_scaled.onnx"),
+        train: fixture!("data/breast_cancer_train.csv"),
+        test: fixture!("data/breast_cancer_test.csv"),
+    },
+    Case {
+        name: "breast-cancer MLP 30-8-1",
+        model: fixture!("models/breast_cancer_mlp8.onnx"),
+        train: fixture!("data/breast_cancer_train.csv"),
+        test: fixture!("data/breast_cancer_test.csv"),
+    },
+    Case {
+        name: "breast-cancer RF 10×d4",
+        model: fixture!("models/breast_cancer_rf.onnx"),
+        train: fixture!("data/breast_cancer_train.csv"),
+        test: fixture!("data/breast_cancer_test.csv"),
+    },
+    Case {
+        name: "digits LR",
+        model: fixture!("models/digits_lr.onnx"),
+        train: fixture!("data/digits_train.csv"),
+        test: fixture!("data/digits_test.csv"),
+    },
+    Case {
+        name: "digits MLP 64-16-10",
+        model: fixture!("models/digits_mlp16.onnx"),
+        train: fixture!("data/digits_train.csv"),
+        test: fixture!("data/digits_test.csv"),
+    },
+    Case {
+        name: "digits RF 10×d4",
+        model: fixture!("models/digits_rf.onnx"),
+        train: fixture!("data/digits_train.csv"),
+        test: fixture!("data/digits_test.csv"),
+    },
 ];
 
 fn csv(bytes: &[u8]) -> Result<(Vec<Vec<f64>>, Vec<String>)> {
@@ -49,7 +79,12 @@ fn csv(bytes: &[u8]) -> Result<(Vec<Vec<f64>>, Vec<String>)> {
             "benign" => "1".into(),
             l => l.to_string(),
         });
-        rows.push(cells.iter().map(|c| c.parse::<f64>()).collect::<Result<_, _>>()?);
+        rows.push(
+            cells
+                .iter()
+                .map(|c| c.parse::<f64>())
+                .collect::<Result<_, _>>()?,
+        );
     }
     Ok((rows, labels))
 }
@@ -85,23 +120,47 @@ struct Report {
 }
 
 fn accuracy(pred: impl Iterator<Item = Option<String>>, labels: &[String]) -> f64 {
-    let ok = pred.zip(labels).filter(|(p, l)| p.as_deref() == Some(l.as_str())).count();
+    let ok = pred
+        .zip(labels)
+        .filter(|(p, l)| p.as_deref() == Some(l.as_str()))
+        .count();
     ok as f64 / labels.len().max(1) as f64
 }
 
 /// One bootstrap's latency: a batch of single-LUT circuits on one thread.
 fn time_pbs(key: &ClientKey, eval: &Evaluator) -> Result<f64> {
     let circuit = Circuit {
-        ops: vec![Op::Input { feature: 0, p: LUT_BITS }, Op::Lut { input: 0, table: vec![1; LUT_SIZE], p: LUT_BITS }],
+        ops: vec![
+            Op::Input {
+                feature: 0,
+                p: LUT_BITS,
+            },
+            Op::Lut {
+                input: 0,
+                table: vec![1; LUT_SIZE],
+                p: LUT_BITS,
+            },
+        ],
         outputs: vec![1],
         n_inputs: 1,
     };
     let prepared = Prepared::new(circuit.clone())?;
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
     let n = 40;
-    let batch = (0..n).map(|i| key.encrypt(&circuit, &[i % 16])).collect::<Result<Vec<_>, _>>()?;
+    let batch = (0..n)
+        .map(|i| key.encrypt(&circuit.input_encodings(), &[i % 16]))
+        .collect::<Result<Vec<_>, _>>()?;
     let t = Instant::now();
-    pool.install(|| eval.run(&prepared, batch, &RunControl { deadline: None, progress: &|_, _| {} }))?;
+    pool.install(|| {
+        eval.run(
+            &prepared,
+            batch,
+            &RunControl {
+                deadline: None,
+                progress: &|_, _| {},
+            },
+        )
+    })?;
     Ok(t.elapsed().as_secs_f64() * 1000.0 / n as f64)
 }
 
@@ -111,7 +170,7 @@ pub fn run(samples: usize, json: bool) -> Result<()> {
             eprintln!("{m}");
         }
     };
-    let cores = 2;
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     say("generating keys …");
     let t = Instant::now();
     let key = ClientKey::generate();
@@ -122,7 +181,10 @@ pub fn run(samples: usize, json: bool) -> Result<()> {
     let decompress = t.elapsed().as_secs_f64();
     let pbs_ms = time_pbs(&key, &eval)?;
     say(&format!("one bootstrap: {pbs_ms:.1} ms"));
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(cores).thread_name(|i| format!("veil-fhe-{i}")).build()?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(cores)
+        .thread_name(|i| format!("veil-fhe-{i}"))
+        .build()?;
 
     let mut rows = vec![];
     for case in CASES {
@@ -132,26 +194,48 @@ pub fn run(samples: usize, json: bool) -> Result<()> {
         let (test, labels) = csv(case.test)?;
         let compiled = compile(&model, &train, &CompileOptions::default())?;
         let prepared = Prepared::new(compiled.circuit.clone())?;
-        let acc_float = accuracy(test.iter().map(|r| model.head().label(&model.scores(r))), &labels);
-        let sims: Vec<Vec<i64>> = test.iter().map(|r| compiled.simulate(r)).collect::<Result<_, _>>()?;
+        let (input_bits, output_bits) = (
+            compiled.circuit.input_encodings(),
+            compiled.circuit.output_encodings(),
+        );
+        let acc_float = accuracy(
+            test.iter().map(|r| model.head().label(&model.scores(r))),
+            &labels,
+        );
+        let sims: Vec<Vec<i64>> = test
+            .iter()
+            .map(|r| compiled.simulate(r))
+            .collect::<Result<_, _>>()?;
         let acc_quant = accuracy(sims.iter().map(|o| compiled.label(o)), &labels);
 
-        let picked: Vec<usize> = (0..test.len()).step_by((test.len() / samples.max(1)).max(1)).take(samples).collect();
+        let picked: Vec<usize> = (0..test.len())
+            .step_by((test.len() / samples.max(1)).max(1))
+            .take(samples)
+            .collect();
         let (mut enc_t, mut dec_t, mut server) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
         let (mut in_bytes, mut out_bytes) = (0, 0);
         let mut equal = true;
         let mut fhe_labels = vec![];
         for &i in &picked {
             let t = Instant::now();
-            let ct = key.encrypt(&compiled.circuit, &compiled.quantise(&test[i])?)?;
+            let ct = key.encrypt(&input_bits, &compiled.quantise(&test[i])?)?;
             enc_t += t.elapsed();
             in_bytes = ct.to_bytes()?.len();
             let t = Instant::now();
-            let out = pool.install(|| eval.run(&prepared, vec![ct], &RunControl { deadline: None, progress: &|_, _| {} }))?;
+            let out = pool.install(|| {
+                eval.run(
+                    &prepared,
+                    vec![ct],
+                    &RunControl {
+                        deadline: None,
+                        progress: &|_, _| {},
+                    },
+                )
+            })?;
             server += t.elapsed();
             out_bytes = out[0].to_bytes()?.len();
             let t = Instant::now();
-            let ints = key.decrypt(&compiled.circuit, &out[0])?;
+            let ints = key.decrypt(&output_bits, &out[0])?;
             dec_t += t.elapsed();
             equal &= ints == sims[i];
             fhe_labels.push(compiled.label(&ints));
@@ -170,7 +254,11 @@ pub fn run(samples: usize, json: bool) -> Result<()> {
             client_encrypt_ms: enc_t.as_secs_f64() * 1000.0 / n,
             client_decrypt_ms: dec_t.as_secs_f64() * 1000.0 / n,
             lower_bound_ms: lower,
-            ratio_to_lower_bound: if lower > 0.0 { server_ms / lower } else { f64::NAN },
+            ratio_to_lower_bound: if lower > 0.0 {
+                server_ms / lower
+            } else {
+                f64::NAN
+            },
             input_bytes: in_bytes,
             output_bytes: out_bytes,
             accuracy_float: acc_float,
@@ -200,7 +288,17 @@ pub fn run(samples: usize, json: bool) -> Result<()> {
             report.pbs_ms,
             cores
         );
-        let mut t = Table::new(&["MODEL", "PBS", "SERVER/SAMPLE", "LOWER BOUND", "RATIO", "ENC+DEC", "IN/OUT BYTES", "ACC FLOAT/QUANT/FHE", "FHE=SIM"]);
+        let mut t = Table::new(&[
+            "MODEL",
+            "PBS",
+            "SERVER/SAMPLE",
+            "LOWER BOUND",
+            "RATIO",
+            "ENC+DEC",
+            "IN/OUT BYTES",
+            "ACC FLOAT/QUANT/FHE",
+            "FHE=SIM",
+        ]);
         for r in &report.models {
             t.row(vec![
                 r.model.clone(),
@@ -210,12 +308,18 @@ pub fn run(samples: usize, json: bool) -> Result<()> {
                 format!("{:.2}×", r.ratio_to_lower_bound),
                 format!("{:.2} ms", r.client_encrypt_ms + r.client_decrypt_ms),
                 format!("{}/{}", r.input_bytes, r.output_bytes),
-                format!("{:.3}/{:.3}/{:.3} (n={})", r.accuracy_float, r.accuracy_quantised, r.accuracy_encrypted, r.samples),
+                format!(
+                    "{:.3}/{:.3}/{:.3} (n={})",
+                    r.accuracy_float, r.accuracy_quantised, r.accuracy_encrypted, r.samples
+                ),
                 r.encrypted_equals_simulator.to_string(),
             ]);
         }
         print!("{}", t.render());
     }
-    ensure!(report.models.iter().all(|r| r.encrypted_equals_simulator), "an encrypted result differed from the simulator");
+    ensure!(
+        report.models.iter().all(|r| r.encrypted_equals_simulator),
+        "an encrypted result differed from the simulator"
+    );
     Ok(())
 }

@@ -17,16 +17,22 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tfhe::core_crypto::algorithms::slice_algorithms::slice_wrapping_add_scalar_mul_assign;
 use tfhe::core_crypto::prelude::{
-    CiphertextModulus, LweCiphertextOwned, LweSize, Plaintext, SeededLweCiphertext, allocate_and_encrypt_new_seeded_lwe_ciphertext,
-    decrypt_lwe_ciphertext, generate_programmable_bootstrap_glwe_lut, new_seeder,
+    CiphertextModulus, LweCiphertextOwned, LweSize, Plaintext, SeededLweCiphertext,
+    allocate_and_encrypt_new_seeded_lwe_ciphertext, decrypt_lwe_ciphertext,
+    generate_programmable_bootstrap_glwe_lut, new_seeder,
 };
 use tfhe::shortint::ciphertext::{Degree, NoiseLevel};
-use tfhe::shortint::parameters::{ClassicPBSParameters, PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128};
+use tfhe::shortint::parameters::{
+    ClassicPBSParameters, PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128,
+};
 use tfhe::shortint::server_key::LookupTableOwned;
 use tfhe::shortint::{AtomicPatternKind, Ciphertext, PBSOrder};
 
 use crate::FheError;
 use crate::circuit::{Circuit, LUT_SIZE, Op, wrap_signed};
+
+/// Parameters of every key and ciphertext, for callers that report sizes.
+pub const PARAMETER_SET: &str = "PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128";
 
 fn params() -> ClassicPBSParameters {
     PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128
@@ -58,10 +64,31 @@ pub struct EvaluationKey {
     pub bytes: Vec<u8>,
 }
 
+macro_rules! opaque_debug {
+    ($($t:ty => $name:literal),* $(,)?) => {$(
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str($name)
+            }
+        }
+    )*};
+}
+
+opaque_debug!(
+    EvaluationKey => "EvaluationKey(..)",
+    EncryptedInputs => "EncryptedInputs(..)",
+    EncryptedOutputs => "EncryptedOutputs(..)",
+    Prepared => "Prepared(..)",
+    Evaluator => "Evaluator(..)",
+    RunControl<'_> => "RunControl(..)",
+);
+
 impl ClientKey {
     /// Generates a fresh key (a few seconds).
     pub fn generate() -> Self {
-        Self { key: tfhe::shortint::ClientKey::new(params()) }
+        Self {
+            key: tfhe::shortint::ClientKey::new(params()),
+        }
     }
 
     pub fn to_bytes(&self) -> Result<Vec<u8>, FheError> {
@@ -71,8 +98,12 @@ impl ClientKey {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, FheError> {
         let key: tfhe::shortint::ClientKey = bincode::deserialize(bytes).map_err(bincode_err)?;
         let p = key.parameters();
-        if p.message_modulus() != params().message_modulus || p.lwe_dimension() != params().lwe_dimension {
-            return Err(FheError::Malformed("the client key uses parameters this version does not".into()));
+        if p.message_modulus() != params().message_modulus
+            || p.lwe_dimension() != params().lwe_dimension
+        {
+            return Err(FheError::Malformed(
+                "the client key uses parameters this version does not".into(),
+            ));
         }
         Ok(Self { key })
     }
@@ -80,51 +111,68 @@ impl ClientKey {
     /// The compressed evaluation key the node needs (tens of seconds of work on two cores).
     pub fn evaluation_key(&self) -> Result<EvaluationKey, FheError> {
         let k = tfhe::shortint::CompressedServerKey::new(&self.key);
-        Ok(EvaluationKey { bytes: bincode::serialize(&k).map_err(bincode_err)? })
+        Ok(EvaluationKey {
+            bytes: bincode::serialize(&k).map_err(bincode_err)?,
+        })
     }
 
-    /// Encrypts quantised inputs at the circuit's encodings.
-    pub fn encrypt(&self, circuit: &Circuit, quantised: &[i64]) -> Result<EncryptedInputs, FheError> {
-        let enc = circuit.input_encodings();
+    /// Encrypts one sample's quantised inputs at the circuit's input encodings
+    /// ([`Circuit::input_encodings`], also in a model's [`crate::ClientSpec`]).
+    pub fn encrypt(&self, enc: &[u32], quantised: &[i64]) -> Result<EncryptedInputs, FheError> {
+        if enc.iter().any(|&p| p == 0 || p > crate::circuit::MAX_BITS) {
+            return Err(FheError::Input("input encodings out of range".into()));
+        }
         if quantised.len() != enc.len() {
-            return Err(FheError::Input(format!("expected {} features, got {}", enc.len(), quantised.len())));
+            return Err(FheError::Input(format!(
+                "expected {} features, got {}",
+                enc.len(),
+                quantised.len()
+            )));
         }
         let (sk, noise) = self.key.encryption_key_and_noise();
         let mut seeder = new_seeder();
         let cts = quantised
             .iter()
-            .zip(&enc)
+            .zip(enc)
             .map(|(&v, &p)| {
                 let pt = Plaintext(encode(v, p));
-                allocate_and_encrypt_new_seeded_lwe_ciphertext(&sk, pt, noise, CiphertextModulus::new_native(), seeder.as_mut())
+                allocate_and_encrypt_new_seeded_lwe_ciphertext(
+                    &sk,
+                    pt,
+                    noise,
+                    CiphertextModulus::new_native(),
+                    seeder.as_mut(),
+                )
             })
             .collect();
         Ok(EncryptedInputs { cts })
     }
 
-    /// Decrypts outputs read at the circuit's output encodings.
-    pub fn decrypt(&self, circuit: &Circuit, out: &EncryptedOutputs) -> Result<Vec<i64>, FheError> {
-        let enc = circuit.output_encodings();
+    /// Decrypts one sample's outputs read at the circuit's output encodings.
+    pub fn decrypt(&self, enc: &[u32], out: &EncryptedOutputs) -> Result<Vec<i64>, FheError> {
+        if enc.iter().any(|&p| p == 0 || p > crate::circuit::MAX_BITS) {
+            return Err(FheError::Input("output encodings out of range".into()));
+        }
         if out.cts.len() != enc.len() {
-            return Err(FheError::Malformed(format!("expected {} outputs, got {}", enc.len(), out.cts.len())));
+            return Err(FheError::Malformed(format!(
+                "expected {} outputs, got {}",
+                enc.len(),
+                out.cts.len()
+            )));
         }
         let sk = self.key.encryption_key();
         out.cts
             .iter()
-            .zip(&enc)
+            .zip(enc)
             .map(|(ct, &p)| {
                 if ct.lwe_size() != lwe_size() {
-                    return Err(FheError::Malformed("an output ciphertext has the wrong size".into()));
+                    return Err(FheError::Malformed(
+                        "an output ciphertext has the wrong size".into(),
+                    ));
                 }
                 Ok(decode(decrypt_lwe_ciphertext(&sk, ct).0, p))
             })
             .collect()
-    }
-
-    /// Decrypts raw values at a given encoding (split inference's intermediate values).
-    pub fn decrypt_at(&self, cts: &[LweCiphertextOwned<u64>], p: u32) -> Vec<i64> {
-        let sk = self.key.encryption_key();
-        cts.iter().map(|ct| decode(decrypt_lwe_ciphertext(&sk, ct).0, p)).collect()
     }
 }
 
@@ -160,8 +208,12 @@ impl EncryptedInputs {
             .allow_trailing_bytes()
             .deserialize(bytes)
             .map_err(bincode_err)?;
-        if s.cts.iter().any(|c| c.lwe_size() != lwe_size() || c.ciphertext_modulus() != CiphertextModulus::new_native()) {
-            return Err(FheError::Malformed("an input ciphertext was not made with this node's parameters".into()));
+        if s.cts.iter().any(|c| {
+            c.lwe_size() != lwe_size() || c.ciphertext_modulus() != CiphertextModulus::new_native()
+        }) {
+            return Err(FheError::Malformed(
+                "an input ciphertext was not made with this node's parameters".into(),
+            ));
         }
         Ok(s)
     }
@@ -185,7 +237,9 @@ impl EncryptedOutputs {
             .deserialize(bytes)
             .map_err(bincode_err)?;
         if s.cts.iter().any(|c| c.lwe_size() != lwe_size()) {
-            return Err(FheError::Malformed("an output ciphertext has the wrong size".into()));
+            return Err(FheError::Malformed(
+                "an output ciphertext has the wrong size".into(),
+            ));
         }
         Ok(s)
     }
@@ -210,12 +264,16 @@ impl Prepared {
         for (i, op) in circuit.ops.iter().enumerate() {
             level[i] = match op {
                 Op::Input { .. } => 0,
-                Op::Linear { terms, .. } => terms.iter().map(|(id, _)| level[*id]).max().unwrap_or(0),
+                Op::Linear { terms, .. } => {
+                    terms.iter().map(|(id, _)| level[*id]).max().unwrap_or(0)
+                }
                 Op::Narrow { input, .. } => level[*input],
                 Op::Lut { input, .. } => level[*input] + 1,
             };
             luts.push(match op {
-                Op::Lut { table, p: p_out, .. } => {
+                Op::Lut {
+                    table, p: p_out, ..
+                } => {
                     let delta = 1u64 << (64 - p_out);
                     let mask = (1u64 << p_out) - 1;
                     let acc = generate_programmable_bootstrap_glwe_lut(
@@ -226,12 +284,19 @@ impl Prepared {
                         delta,
                         |x: u64| (table[x as usize % LUT_SIZE] as u64) & mask,
                     );
-                    Some(LookupTableOwned { acc, degree: Degree::new(15) })
+                    Some(LookupTableOwned {
+                        acc,
+                        degree: Degree::new(15),
+                    })
                 }
                 _ => None,
             });
         }
-        Ok(Self { circuit, luts, level })
+        Ok(Self {
+            circuit,
+            luts,
+            level,
+        })
     }
 
     pub fn circuit(&self) -> &Circuit {
@@ -255,7 +320,9 @@ impl Evaluator {
     /// Decompresses an evaluation key; `max_bytes` bounds what is parsed.
     pub fn new(key: &EvaluationKey, max_bytes: u64) -> Result<Self, FheError> {
         if key.bytes.len() as u64 > max_bytes {
-            return Err(FheError::Malformed(format!("the evaluation key is larger than {max_bytes} bytes")));
+            return Err(FheError::Malformed(format!(
+                "the evaluation key is larger than {max_bytes} bytes"
+            )));
         }
         let compressed: tfhe::shortint::CompressedServerKey = bincode::options()
             .with_limit(max_bytes)
@@ -265,18 +332,35 @@ impl Evaluator {
             .map_err(bincode_err)?;
         let sk = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| compressed.decompress()))
             .map_err(|_| FheError::Malformed("the evaluation key does not decompress".into()))?;
+        let p = params();
+        if sk.message_modulus != p.message_modulus
+            || sk.carry_modulus != p.carry_modulus
+            || sk.ciphertext_lwe_dimension().0 != lwe_size().0 - 1
+        {
+            return Err(FheError::Malformed(
+                "the evaluation key was made with other parameters".into(),
+            ));
+        }
         Ok(Self { key: sk })
     }
 
     /// Evaluates the circuit on a batch of samples, parallel over bootstraps and samples, in the
     /// calling rayon pool. Output: per sample, its encrypted outputs.
-    pub fn run(&self, prepared: &Prepared, batch: Vec<EncryptedInputs>, ctl: &RunControl<'_>) -> Result<Vec<EncryptedOutputs>, FheError> {
+    pub fn run(
+        &self,
+        prepared: &Prepared,
+        batch: Vec<EncryptedInputs>,
+        ctl: &RunControl<'_>,
+    ) -> Result<Vec<EncryptedOutputs>, FheError> {
         let c = &prepared.circuit;
         let enc = c.encodings();
         let n_in = c.n_inputs;
         for s in &batch {
             if s.cts.len() != n_in {
-                return Err(FheError::Input(format!("expected {n_in} encrypted features, got {}", s.cts.len())));
+                return Err(FheError::Input(format!(
+                    "expected {n_in} encrypted features, got {}",
+                    s.cts.len()
+                )));
             }
         }
         let total = c.pbs_count() * batch.len();
@@ -288,8 +372,12 @@ impl Evaluator {
             .into_par_iter()
             .map(|s| {
                 let mut v: Vec<Option<LweCiphertextOwned<u64>>> = vec![None; c.ops.len()];
-                let mut inputs = s.cts.into_iter().map(SeededLweCiphertext::decompress_into_lwe_ciphertext);
-                let mut by_feature: Vec<Option<LweCiphertextOwned<u64>>> = (0..n_in).map(|_| inputs.next()).collect();
+                let mut inputs = s
+                    .cts
+                    .into_iter()
+                    .map(SeededLweCiphertext::decompress_into_lwe_ciphertext);
+                let mut by_feature: Vec<Option<LweCiphertextOwned<u64>>> =
+                    (0..n_in).map(|_| inputs.next()).collect();
                 for (i, op) in c.ops.iter().enumerate() {
                     if let Op::Input { feature, .. } = op {
                         v[i] = by_feature[*feature].take();
@@ -308,11 +396,19 @@ impl Evaluator {
                     }
                     match op {
                         Op::Linear { terms, bias, p: po } => {
-                            let mut out = LweCiphertextOwned::new(0u64, lwe_size(), CiphertextModulus::new_native());
+                            let mut out = LweCiphertextOwned::new(
+                                0u64,
+                                lwe_size(),
+                                CiphertextModulus::new_native(),
+                            );
                             for (id, coef) in terms {
                                 let m = (*coef as u64).wrapping_shl(enc[*id] - po);
                                 if let Some(ct) = &v[*id] {
-                                    slice_wrapping_add_scalar_mul_assign(out.as_mut(), ct.as_ref(), m);
+                                    slice_wrapping_add_scalar_mul_assign(
+                                        out.as_mut(),
+                                        ct.as_ref(),
+                                        m,
+                                    );
                                 }
                             }
                             let body = out.get_mut_body();
@@ -326,7 +422,15 @@ impl Evaluator {
             });
             // Bootstraps one level deeper, all samples and ops at once.
             let jobs: Vec<(usize, usize)> = (0..vals.len())
-                .flat_map(|s| c.ops.iter().enumerate().filter(move |(i, op)| matches!(op, Op::Lut { .. }) && prepared.level[*i] == lvl + 1).map(move |(i, _)| (s, i)))
+                .flat_map(|s| {
+                    c.ops
+                        .iter()
+                        .enumerate()
+                        .filter(move |(i, op)| {
+                            matches!(op, Op::Lut { .. }) && prepared.level[*i] == lvl + 1
+                        })
+                        .map(move |(i, _)| (s, i))
+                })
                 .collect();
             if jobs.is_empty() {
                 continue;
@@ -344,7 +448,9 @@ impl Evaluator {
                         late.store(true, Ordering::Relaxed);
                         return None;
                     }
-                    let Op::Lut { input, .. } = &c.ops[i] else { return None };
+                    let Op::Lut { input, .. } = &c.ops[i] else {
+                        return None;
+                    };
                     let lut = prepared.luts[i].as_ref()?;
                     let ct = vals[s][*input].clone()?;
                     let mut sct = Ciphertext::new(
@@ -373,7 +479,10 @@ impl Evaluator {
                 let cts = c
                     .outputs
                     .iter()
-                    .map(|&o| v[o].clone().ok_or_else(|| FheError::Circuit("an output was not computed".into())))
+                    .map(|&o| {
+                        v[o].clone()
+                            .ok_or_else(|| FheError::Circuit("an output was not computed".into()))
+                    })
                     .collect::<Result<_, _>>()?;
                 Ok(EncryptedOutputs { cts })
             })
