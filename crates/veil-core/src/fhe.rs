@@ -229,12 +229,22 @@ impl Core {
         version: Option<u32>,
     ) -> Result<(String, u32, FheSummary)> {
         p.require(Permission::FheInfer)?;
+        let (m, _, summary) = self.published(name, version).await?;
+        Ok((m.name, m.version, summary))
+    }
+
+    /// A model version published for FHE: its record, artifact and public summary.
+    async fn published(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<(veil_store::ModelRecord, FheArtifact, FheSummary)> {
         let m = self
             .store
             .get_model(name, version)
             .await?
             .ok_or(CoreError::NotFound(crate::error::NotFound::Model))?;
-        let fhe = m.fhe.ok_or_else(|| {
+        let fhe = m.fhe.clone().ok_or_else(|| {
             CoreError::InvalidFheRequest(format!(
                 "model {name} version {} is not published for encrypted inference",
                 m.version
@@ -242,7 +252,16 @@ impl Core {
         })?;
         let summary: FheSummary = serde_json::from_str(&fhe.summary)
             .map_err(|e| CoreError::Internal(format!("stored FHE summary: {e}")))?;
-        Ok((m.name, m.version, summary))
+        Ok((m, fhe, summary))
+    }
+
+    /// The sealed compiled circuit of a published model (JSON of `CompiledModel`).
+    async fn load_circuit(&self, fhe: &FheArtifact) -> Result<Vec<u8>> {
+        let wrapped = veil_crypto::WrappedKey::from_bytes(fhe.wrapped_key.clone());
+        self.datasets
+            .load_model(&fhe.file_id, &wrapped)
+            .await
+            .map_err(|e| CoreError::Internal(e.to_string()))
     }
 
     // ---- evaluation keys
@@ -379,20 +398,8 @@ impl Core {
         if !veil_crypto::ct_eq(key.sha256.as_bytes(), key_sha256.as_bytes()) {
             return Err(CoreError::FheKeyMismatch(key.id));
         }
-        let m = self
-            .store
-            .get_model(name, version)
-            .await?
-            .ok_or(CoreError::NotFound(crate::error::NotFound::Model))?;
-        let fhe = m.fhe.clone().ok_or_else(|| {
-            CoreError::InvalidFheRequest(format!(
-                "model {name} version {} is not published for encrypted inference",
-                m.version
-            ))
-        })?;
+        let (m, fhe, s) = self.published(name, version).await?;
         let n_in = {
-            let s: FheSummary = serde_json::from_str(&fhe.summary)
-                .map_err(|e| CoreError::Internal(format!("stored FHE summary: {e}")))?;
             if let Some(k) = split_at {
                 match &s.spec.split {
                     Some(sp) if sp.layers == k => {}
@@ -432,12 +439,7 @@ impl Core {
             .collect::<Result<_>>()?;
         drop(samples);
 
-        let wrapped = veil_crypto::WrappedKey::from_bytes(fhe.wrapped_key.clone());
-        let circuit_json = self
-            .datasets
-            .load_model(&fhe.file_id, &wrapped)
-            .await
-            .map_err(|e| CoreError::Internal(e.to_string()))?;
+        let circuit_json = self.load_circuit(&fhe).await?;
         let evaluator = match self.evaluators.get(&key.id) {
             Some(ev) => ev,
             None => {
@@ -546,23 +548,8 @@ impl Core {
                 "send between 1 and {FINISH_MAX_ROWS} rows of activations"
             )));
         }
-        let m = self
-            .store
-            .get_model(name, version)
-            .await?
-            .ok_or(CoreError::NotFound(crate::error::NotFound::Model))?;
-        let fhe = m.fhe.clone().ok_or_else(|| {
-            CoreError::InvalidFheRequest(format!(
-                "model {name} version {} is not published for encrypted inference",
-                m.version
-            ))
-        })?;
-        let wrapped = veil_crypto::WrappedKey::from_bytes(fhe.wrapped_key.clone());
-        let circuit_json = self
-            .datasets
-            .load_model(&fhe.file_id, &wrapped)
-            .await
-            .map_err(|e| CoreError::Internal(e.to_string()))?;
+        let (m, fhe, _) = self.published(name, version).await?;
+        let circuit_json = self.load_circuit(&fhe).await?;
         let rows = activations.len();
         let out = self
             .on_model_pool(move || -> Result<Vec<(Option<String>, Vec<f64>)>> {
