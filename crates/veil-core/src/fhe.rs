@@ -150,29 +150,7 @@ fn fhe_error(e: FheError) -> CoreError {
     }
 }
 
-/// A new evaluation key id: `ek_` and 32 hex digits.
-fn new_key_id() -> String {
-    format!("ek_{}", hex_lower(&veil_crypto::random::bytes::<16>()))
-}
-
-fn hex_lower(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 impl Core {
-    /// Runs CPU work on the model pool (untrusted input: off the async threads).
-    async fn on_model_pool<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.model_pool.spawn(move || {
-            let _ = tx.send(f());
-        });
-        rx.await
-            .map_err(|_| CoreError::Internal("a model worker job was interrupted".into()))
-    }
-
     /// Compiles an uploaded model for encrypted inference and stores the sealed circuit.
     /// Called by `upload_model` before the model record is written.
     pub(crate) async fn publish_fhe(
@@ -307,10 +285,10 @@ impl Core {
             .await?
             .map_err(fhe_error)?;
         let sha256 = veil_crypto::sha256_hex(&bytes);
-        let id = new_key_id();
         let size = bytes.len() as u64;
-        self.datasets
-            .store_evaluation_key(&id, bytes)
+        let id = self
+            .datasets
+            .store_evaluation_key(bytes)
             .await
             .map_err(|e| CoreError::Internal(e.to_string()))?;
         let ttl = crate::micros(self.settings.fhe_key_ttl);

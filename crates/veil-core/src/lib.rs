@@ -177,6 +177,19 @@ impl Core {
         self.clock.now_micros()
     }
 
+    /// Runs CPU work on the model pool (untrusted input: off the async threads).
+    pub(crate) async fn on_model_pool<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.model_pool.spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.await
+            .map_err(|_| CoreError::Internal("a model worker job was interrupted".into()))
+    }
+
     /// Runs a CPU-heavy password operation off the async workers, a few at a time.
     async fn hashing<T: Send + 'static>(
         &self,

@@ -154,24 +154,18 @@ impl Core {
             None => None,
         };
         // Parsing and a trial run are CPU work on untrusted input: off the async threads.
-        let (bytes, summary) = {
-            let pool = self.model_pool.clone();
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            pool.spawn(move || {
+        let (bytes, r) = self
+            .on_model_pool(move || {
                 let r = veil_ml::inspect(&bytes, limits);
-                let _ = tx.send((bytes, r));
-            });
-            let (bytes, r) = rx
-                .await
-                .map_err(|_| CoreError::Internal("model inspection was interrupted".into()))?;
-            let summary = r.map_err(|e| match e {
-                veil_ml::ModelError::TooLarge { limit } => CoreError::PayloadTooLarge {
-                    limit: limit as u64,
-                },
-                other => CoreError::InvalidModel(other.to_string()),
-            })?;
-            (bytes, summary)
-        };
+                (bytes, r)
+            })
+            .await?;
+        let summary = r.map_err(|e| match e {
+            veil_ml::ModelError::TooLarge { limit } => CoreError::PayloadTooLarge {
+                limit: limit as u64,
+            },
+            other => CoreError::InvalidModel(other.to_string()),
+        })?;
         let sha256 = veil_crypto::sha256_hex(&bytes);
         let size = bytes.len() as u64;
         let bytes = std::sync::Arc::new(bytes);

@@ -26,6 +26,19 @@ pub struct StoredModel {
     pub wrapped_key: WrappedKey,
 }
 
+/// Writes `bytes` to a temp file beside `path` (named by `id`), then renames it into place.
+fn write_atomically(path: &std::path::Path, id: &str, bytes: &[u8]) -> Result<(), ModelFileError> {
+    let io = |e: std::io::Error| ModelFileError::Io(e.to_string());
+    let dir = path.parent().map(PathBuf::from).unwrap_or_default();
+    std::fs::create_dir_all(&dir).map_err(io)?;
+    let tmp = dir.join(format!(".tmp-{id}"));
+    std::fs::write(&tmp, bytes).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io(e)
+    })
+}
+
 impl Storage {
     fn model_path(&self, file_id: &str) -> PathBuf {
         self.dir
@@ -40,17 +53,8 @@ impl Storage {
         let wrapped_key = self.master.wrap(&key, &label(&file_id));
         let path = self.model_path(&file_id);
         let id = file_id.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), ModelFileError> {
-            let io = |e: std::io::Error| ModelFileError::Io(e.to_string());
-            let dir = path.parent().map(PathBuf::from).unwrap_or_default();
-            std::fs::create_dir_all(&dir).map_err(io)?;
-            let sealed = blob::seal(&key, &label(&id), &bytes);
-            let tmp = dir.join(format!(".tmp-{id}"));
-            std::fs::write(&tmp, sealed).map_err(io)?;
-            std::fs::rename(&tmp, &path).map_err(|e| {
-                let _ = std::fs::remove_file(&tmp);
-                io(e)
-            })
+        tokio::task::spawn_blocking(move || {
+            write_atomically(&path, &id, &blob::seal(&key, &label(&id), &bytes))
         })
         .await
         .map_err(|e| ModelFileError::Io(e.to_string()))??;
@@ -102,28 +106,20 @@ impl Storage {
         Self::valid_id(hex).then(|| self.dir.join("fhe-keys").join(format!("{id}.key")))
     }
 
+    /// Writes an evaluation key under a new random id (`ek_` and 32 hex digits).
     pub async fn store_evaluation_key(
         &self,
-        id: &str,
         bytes: bytes::Bytes,
-    ) -> Result<(), ModelFileError> {
+    ) -> Result<String, ModelFileError> {
+        let id = format!("ek_{}", hex::encode(veil_crypto::random::bytes::<16>()));
         let path = self
-            .evaluation_key_path(id)
+            .evaluation_key_path(&id)
             .ok_or_else(|| ModelFileError::Io("invalid key id".into()))?;
-        let id = id.to_string();
-        tokio::task::spawn_blocking(move || -> Result<(), ModelFileError> {
-            let io = |e: std::io::Error| ModelFileError::Io(e.to_string());
-            let dir = path.parent().map(PathBuf::from).unwrap_or_default();
-            std::fs::create_dir_all(&dir).map_err(io)?;
-            let tmp = dir.join(format!(".tmp-{id}"));
-            std::fs::write(&tmp, &bytes).map_err(io)?;
-            std::fs::rename(&tmp, &path).map_err(|e| {
-                let _ = std::fs::remove_file(&tmp);
-                io(e)
-            })
-        })
-        .await
-        .map_err(|e| ModelFileError::Io(e.to_string()))?
+        let tmp_id = id.clone();
+        tokio::task::spawn_blocking(move || write_atomically(&path, &tmp_id, &bytes))
+            .await
+            .map_err(|e| ModelFileError::Io(e.to_string()))??;
+        Ok(id)
     }
 
     pub async fn load_evaluation_key(&self, id: &str) -> Result<Vec<u8>, ModelFileError> {

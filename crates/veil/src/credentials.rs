@@ -56,6 +56,18 @@ pub fn load(dir: &Path) -> Result<Option<Credentials>> {
 
 /// Writes atomically (temp file + rename) with owner-only permissions.
 pub fn save(dir: &Path, creds: &Credentials) -> Result<PathBuf> {
+    private_dir(dir)?;
+    let path = file(dir);
+    write_atomically(
+        &path,
+        serde_json::to_string_pretty(creds)?.as_bytes(),
+        0o600,
+    )?;
+    Ok(path)
+}
+
+/// Creates `dir` if needed and makes it owner-only (0700 on Unix).
+pub fn private_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     #[cfg(unix)]
     {
@@ -63,23 +75,31 @@ pub fn save(dir: &Path, creds: &Credentials) -> Result<PathBuf> {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("cannot secure {}", dir.display()))?;
     }
-    let path = file(dir);
-    let tmp = dir.join(".credentials.json.tmp");
+    Ok(())
+}
+
+/// Writes through a temp file beside `path` (created with `mode` on Unix), then renames it
+/// into place, so a reader never sees a partial file.
+pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let dir = path.parent().context("no parent directory")?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.tmp"));
     let _ = std::fs::remove_file(&tmp);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
+        options.mode(mode);
     }
+    #[cfg(not(unix))]
+    let _ = mode;
     let mut f = options
         .open(&tmp)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(serde_json::to_string_pretty(creds)?.as_bytes())?;
+    f.write_all(bytes)?;
     f.sync_all()?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(path)
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
 pub fn forget(dir: &Path) -> Result<()> {

@@ -6,7 +6,6 @@
 //! node gave the evaluation key, so it is uploaded once per node).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -20,6 +19,7 @@ use veil_fhe::ClientSpec;
 use veil_fhe::backend::{ClientKey, EncryptedOutputs};
 
 use crate::args::{FheCmd, FheInferArgs, FheKeysCmd, Global};
+use crate::credentials::write_atomically as write_file;
 use crate::output::{Table, fields, print_json, time};
 
 /// One line summary of a model's FHE publication.
@@ -99,31 +99,6 @@ impl KeyDir {
     }
 }
 
-/// Writes through a temp file and renames, with the given mode on Unix.
-fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let dir = path.parent().context("no parent directory")?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
-    ));
-    let _ = std::fs::remove_file(&tmp);
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(mode);
-    }
-    #[cfg(not(unix))]
-    let _ = mode;
-    let mut f = options
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
-}
-
 fn spinner(msg: &str, json: bool) -> indicatif::ProgressBar {
     if json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         return indicatif::ProgressBar::hidden();
@@ -142,14 +117,7 @@ fn keygen(dir: &KeyDir, force: bool, json: bool) -> Result<ExitCode> {
             client_path.display()
         );
     }
-    std::fs::create_dir_all(&dir.dir)
-        .with_context(|| format!("cannot create {}", dir.dir.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&dir.dir, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("cannot secure {}", dir.dir.display()))?;
-    }
+    crate::credentials::private_dir(&dir.dir)?;
     let bar = spinner("generating the client key", json);
     let key = ClientKey::generate();
     bar.set_message("deriving the compressed evaluation key (tens of seconds)");
