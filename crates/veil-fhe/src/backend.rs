@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use tfhe::conformance::ParameterSetConformant;
 use tfhe::core_crypto::algorithms::slice_algorithms::slice_wrapping_add_scalar_mul_assign;
 use tfhe::core_crypto::prelude::{
     CiphertextModulus, LweCiphertextOwned, LweSize, Plaintext, SeededLweCiphertext,
@@ -330,6 +331,17 @@ impl Evaluator {
             .allow_trailing_bytes()
             .deserialize(&key.bytes)
             .map_err(bincode_err)?;
+        // The key's dimensions decide how much decompression allocates: check them against
+        // our parameter set before expanding anything.
+        let expected = tfhe::shortint::parameters::AtomicPatternParameters::from(params());
+        if !compressed.compressed_ap_server_key.is_conformant(&expected)
+            || compressed.message_modulus != params().message_modulus
+            || compressed.carry_modulus != params().carry_modulus
+        {
+            return Err(FheError::Malformed(
+                "the evaluation key was made with other parameters".into(),
+            ));
+        }
         let sk = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| compressed.decompress()))
             .map_err(|_| FheError::Malformed("the evaluation key does not decompress".into()))?;
         let p = params();
