@@ -137,26 +137,11 @@ impl CompiledModel {
     }
 
     pub fn quantise(&self, x: &[f64]) -> Result<Vec<i64>, FheError> {
-        if x.len() != self.quantisers.len() {
-            return Err(FheError::Input(format!(
-                "expected {} features, got {}",
-                self.quantisers.len(),
-                x.len()
-            )));
-        }
-        Ok(self
-            .quantisers
-            .iter()
-            .zip(x)
-            .map(|(q, v)| q.apply(*v))
-            .collect())
+        quantise(&self.quantisers, x)
     }
 
     pub fn scores(&self, outputs: &[i64]) -> Vec<f64> {
-        outputs
-            .iter()
-            .map(|&o| o as f64 / self.output_scale)
-            .collect()
+        scores(outputs, self.output_scale)
     }
 
     /// Runs the quantised circuit in the clear: what an encrypted run decrypts to.
@@ -167,6 +152,23 @@ impl CompiledModel {
     pub fn label(&self, outputs: &[i64]) -> Option<String> {
         self.head.label(&self.scores(outputs))
     }
+}
+
+/// Quantises one sample's features (width checked).
+fn quantise(quantisers: &[Quantiser], x: &[f64]) -> Result<Vec<i64>, FheError> {
+    if x.len() != quantisers.len() {
+        return Err(FheError::Input(format!(
+            "expected {} features, got {}",
+            quantisers.len(),
+            x.len()
+        )));
+    }
+    Ok(quantisers.iter().zip(x).map(|(q, v)| q.apply(*v)).collect())
+}
+
+/// Decrypted output integers back to scores.
+fn scores(outputs: &[i64], output_scale: f64) -> Vec<f64> {
+    outputs.iter().map(|&o| o as f64 / output_scale).collect()
 }
 
 /// What a client needs to use a compiled model: how to quantise and encrypt inputs, how to
@@ -197,29 +199,14 @@ impl ClientSpec {
     }
 
     pub fn quantise(&self, x: &[f64]) -> Result<Vec<i64>, FheError> {
-        if x.len() != self.quantisers.len() {
-            return Err(FheError::Input(format!(
-                "expected {} features, got {}",
-                self.quantisers.len(),
-                x.len()
-            )));
-        }
         if x.iter().any(|v| !v.is_finite()) {
             return Err(FheError::Input("inputs must be finite numbers".into()));
         }
-        Ok(self
-            .quantisers
-            .iter()
-            .zip(x)
-            .map(|(q, v)| q.apply(*v))
-            .collect())
+        quantise(&self.quantisers, x)
     }
 
     pub fn scores(&self, outputs: &[i64]) -> Vec<f64> {
-        outputs
-            .iter()
-            .map(|&o| o as f64 / self.output_scale)
-            .collect()
+        scores(outputs, self.output_scale)
     }
 
     pub fn label(&self, outputs: &[i64]) -> Option<String> {
