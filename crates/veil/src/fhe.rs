@@ -272,6 +272,23 @@ async fn spec_of(
     Ok((view, spec))
 }
 
+/// For the offline primitives: the spec from `--spec` if given (no node needed), otherwise
+/// from the node, whose client is returned too.
+async fn offline_spec(
+    client: &impl Fn() -> Result<Client>,
+    model: &str,
+    version: Option<u32>,
+    file: Option<&Path>,
+) -> Result<(Option<Client>, FheModelView, ClientSpec)> {
+    let c = if file.is_none() {
+        Some(client()?)
+    } else {
+        None
+    };
+    let (view, spec) = spec_of(c.as_ref(), model, version, file).await?;
+    Ok((c, view, spec))
+}
+
 fn encrypt_rows(key: &ClientKey, spec: &ClientSpec, rows: &[Vec<f64>]) -> Result<Vec<String>> {
     rows.iter()
         .map(|r| {
@@ -563,12 +580,7 @@ pub async fn run(cmd: FheCmd, g: &Global, client: impl Fn() -> Result<Client>) -
             spec,
         } => {
             let dir = KeyDir::new(keys.as_deref(), g)?;
-            let c = if spec.is_none() {
-                Some(client()?)
-            } else {
-                None
-            };
-            let (view, cs) = spec_of(c.as_ref(), &model, version, spec.as_deref()).await?;
+            let (c, view, cs) = offline_spec(&client, &model, version, spec.as_deref()).await?;
             let inputs = read_inputs(&input, cs.n_features(), None)?;
             let key = dir.client_key()?;
             let info = dir.info()?;
@@ -602,12 +614,7 @@ pub async fn run(cmd: FheCmd, g: &Global, client: impl Fn() -> Result<Client>) -
             spec,
         } => {
             let dir = KeyDir::new(keys.as_deref(), g)?;
-            let c = if spec.is_none() {
-                Some(client()?)
-            } else {
-                None
-            };
-            let (_, cs) = spec_of(c.as_ref(), &model, version, spec.as_deref()).await?;
+            let (_, _, cs) = offline_spec(&client, &model, version, spec.as_deref()).await?;
             let text = std::fs::read_to_string(&input)
                 .with_context(|| format!("cannot read {}", input.display()))?;
             let reply: FheInferResponse = serde_json::from_str(&text)
