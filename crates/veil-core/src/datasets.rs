@@ -277,6 +277,7 @@ impl Core {
         let sql_hash = veil_crypto::sha256_hex(sql.as_bytes());
         let target = format!("dataset:{name}");
 
+        let started = std::time::Instant::now();
         let planned = veil_dp::sql::plan(sql, name, &manifest, options).and_then(veil_dp::cost);
         let costed = match planned {
             Ok(c) => c,
@@ -311,6 +312,7 @@ impl Core {
             )
             .await?;
 
+        let charged = started.elapsed();
         let released = async {
             let exact = self
                 .datasets
@@ -322,15 +324,27 @@ impl Core {
                 )
                 .await
                 .map_err(|e| e.to_string())?;
+            let executed = started.elapsed();
             // OpenDP measurements are built and used on one blocking thread.
             tokio::task::spawn_blocking(move || veil_dp::release(&costed, exact))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())
+                .map(|r| (r, executed))
         }
         .await;
         match released {
-            Ok(released) => Ok(QueryOutcome { released, receipt }),
+            Ok((released, executed)) => {
+                let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+                tracing::debug!(
+                    dataset = name,
+                    plan_and_charge_ms = ms(charged),
+                    execute_ms = ms(executed - charged),
+                    release_ms = ms(started.elapsed() - executed),
+                    "query answered"
+                );
+                Ok(QueryOutcome { released, receipt })
+            }
             Err(detail) => {
                 tracing::error!(dataset = name, error = %detail, "query failed after charging");
                 self.store

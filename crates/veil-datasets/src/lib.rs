@@ -10,6 +10,7 @@
 //! [`Storage`] is the only holder of the master key on this path: callers get wrapped keys
 //! and hand them back; raw data keys never leave this crate.
 
+mod fixed;
 mod ingest;
 pub mod models;
 mod query;
@@ -27,7 +28,7 @@ use veil_dp::{CostedPlan, ExactResult, Manifest};
 
 pub use ingest::{Format, IngestError};
 pub use models::{ModelFileError, StoredModel};
-pub use query::ExecError;
+pub use query::{ExecError, execute_unencrypted};
 pub use scan::{Labels, ScanBatch, ScanStream};
 pub use schema::Violation;
 
@@ -221,8 +222,7 @@ impl Storage {
         query::session(
             query::FileRef {
                 path,
-                key,
-                aad: file_id.to_string(),
+                key: Some((key, file_id.to_string())),
             },
             manifest,
             self.threads,

@@ -168,31 +168,17 @@ fn num(x: f64) -> String {
     }
 }
 
-/// SQL for the fixed-point image of a clamped column: `round(clamp(col) · 10^exp)`.
-fn fixed_sql(column: &str, lo: f64, hi: f64, exp: i32, integer_column: bool) -> String {
-    let clamped = if integer_column {
-        format!(
-            "LEAST(GREATEST({}, {}), {})",
-            quote(column),
-            lo as i64,
-            hi as i64
-        )
-    } else {
-        format!(
-            "LEAST(GREATEST(CAST({} AS DOUBLE), {}), {})",
-            quote(column),
-            num(lo),
-            num(hi)
-        )
-    };
-    if integer_column && exp == 0 {
-        format!("CAST({clamped} AS BIGINT)")
-    } else {
-        format!(
-            "CAST(ROUND(CAST({clamped} AS DOUBLE) * {}) AS BIGINT)",
-            num(10f64.powi(exp))
-        )
-    }
+/// SQL for the fixed-point image of a clamped column, `round(clamp(col) · 10^exp)`, through
+/// the fused [`crate::fixed`] function.
+fn fixed_sql(column: &str, lo: f64, hi: f64, exp: i32) -> String {
+    format!(
+        "{}({}, {}, {}, {})",
+        crate::fixed::NAME,
+        quote(column),
+        num(lo),
+        num(hi),
+        num(10f64.powi(exp))
+    )
 }
 
 /// The rows the measures are computed over: filtered, and bounded per privacy unit.
@@ -217,13 +203,6 @@ pub(crate) fn bounded_rows(unit: &PrivacyUnit, filter: &str) -> String {
             quote(column)
         ),
     }
-}
-
-fn is_integer_column(m: &veil_dp::Manifest, col: &str) -> bool {
-    matches!(
-        m.column(col).map(|c| &c.ty),
-        Some(veil_dp::ColumnType::Int { .. }) | Some(veil_dp::ColumnType::Date { .. })
-    )
 }
 
 fn numeric_sql(m: &veil_dp::Manifest, col: &str) -> String {
@@ -265,24 +244,12 @@ fn render(
             Measure::NonNull(c) => selects.push(format!("COUNT({}) AS m{i}", quote(c))),
             Measure::Sum { column, fixed, .. } => {
                 let (lo, hi) = m.bounds().unwrap_or((0.0, 0.0));
-                let expr = fixed_sql(
-                    column,
-                    lo,
-                    hi,
-                    fixed.exp,
-                    is_integer_column(manifest, column),
-                );
+                let expr = fixed_sql(column, lo, hi, fixed.exp);
                 selects.push(format!("SUM({expr}) AS m{i}"));
             }
             Measure::SumSquares { column, fixed, .. } => {
                 let (lo, hi) = m.bounds().unwrap_or((0.0, 0.0));
-                let expr = fixed_sql(
-                    column,
-                    lo,
-                    hi,
-                    fixed.exp,
-                    is_integer_column(manifest, column),
-                );
+                let expr = fixed_sql(column, lo, hi, fixed.exp);
                 selects.push(format!("SUM({expr} * {expr}) AS m{i}"));
             }
             Measure::Histogram {
@@ -359,11 +326,12 @@ fn int_value(col: &dyn Array, row: usize) -> Result<i64, ExecError> {
 #[derive(Debug)]
 pub struct FileRef {
     pub path: std::path::PathBuf,
-    pub key: DataKey,
-    pub aad: String,
+    /// The file's data key and AAD prefix; `None` only for [`execute_unencrypted`].
+    pub key: Option<(DataKey, String)>,
 }
 
-/// A fresh DataFusion session over one encrypted file, registered as `data`.
+/// A fresh DataFusion session over one dataset file (encrypted unless `file.key` is `None`),
+/// registered as `data`.
 pub(crate) async fn session(
     file: FileRef,
     manifest: &veil_dp::Manifest,
@@ -375,23 +343,26 @@ pub(crate) async fn session(
         .with_file_statistics_cache_limit(0)
         .build_arc()
         .map_err(err)?;
-    runtime.register_parquet_encryption_factory(
-        "veil",
-        Arc::new(Keys {
-            key: file.key,
-            aad: file.aad.into_bytes(),
-        }),
-    );
+    let mut options = TableParquetOptions::default();
+    if let Some((key, aad)) = file.key {
+        runtime.register_parquet_encryption_factory(
+            "veil",
+            Arc::new(Keys {
+                key,
+                aad: aad.into_bytes(),
+            }),
+        );
+        options.crypto.factory_id = Some("veil".into());
+    }
     let config = SessionConfig::new()
         .with_target_partitions(threads.max(1))
         .with_collect_statistics(false);
     let ctx = SessionContext::new_with_config_rt(config, runtime);
-    let mut options = TableParquetOptions::default();
-    options.crypto.factory_id = Some("veil".into());
+    ctx.register_udf(crate::fixed::udf());
     let listing = ListingOptions::new(Arc::new(ParquetFormat::new().with_options(options)))
         .with_file_extension(".parquet");
     let url = ListingTableUrl::parse(file.path.to_string_lossy()).map_err(err)?;
-    let schema = crate::schema::stored_schema(manifest);
+    let schema = crate::schema::query_schema(manifest);
     let table = ListingTable::try_new(
         ListingTableConfig::new(url)
             .with_listing_options(listing)
@@ -448,6 +419,23 @@ pub(crate) async fn execute(
     Ok(exact)
 }
 
+/// The executor over an unencrypted Parquet file with the manifest's stored schema. Nodes
+/// never hold such files; the datasets benchmark uses this to tell the cost of the DP rewrite
+/// from the cost of decryption.
+pub async fn execute_unencrypted(
+    path: &std::path::Path,
+    manifest: &veil_dp::Manifest,
+    costed: &CostedPlan,
+) -> Result<ExactResult, ExecError> {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let file = FileRef {
+        path: path.to_path_buf(),
+        key: None,
+    };
+    let ctx = session(file, manifest, threads).await?;
+    execute(&ctx, manifest, costed).await
+}
+
 fn read_scalar(
     b: &RecordBatch,
     nkeys: usize,
@@ -485,11 +473,14 @@ mod tests {
     }
 
     #[test]
-    fn fixed_point_sql_clamps_before_scaling() {
+    fn fixed_point_sql_passes_bounds_and_factor_as_double_literals() {
         assert_eq!(
-            fixed_sql("age", 0.0, 120.0, 0, true),
-            "CAST(LEAST(GREATEST(\"age\", 0), 120) AS BIGINT)"
+            fixed_sql("age", 0.0, 120.0, 0),
+            "veil_fixed(\"age\", 0.0, 120.0, 1.0)"
         );
-        assert!(fixed_sql("income", 0.0, 5e5, 3, false).contains("* 1000.0"));
+        assert_eq!(
+            fixed_sql("income", 0.0, 5e5, 3),
+            "veil_fixed(\"income\", 0.0, 500000.0, 1000.0)"
+        );
     }
 }

@@ -88,6 +88,11 @@ where
 }
 
 pub async fn run(a: BenchArgs, json: bool) -> Result<ExitCode> {
+    // The in-process node logs only when asked (`RUST_LOG=veil_core=debug` shows each
+    // query's phases), so the benchmark's own output stays clean.
+    if let Ok(level) = std::env::var("RUST_LOG") {
+        crate::serve::init_logging(false, &level)?;
+    }
     match a.target.as_str() {
         "api" => api(a, json).await,
         "datasets" => {

@@ -60,6 +60,8 @@ struct Report {
     query_runs: usize,
     dp_query_seconds_median: f64,
     plain_datafusion_seconds_median: f64,
+    /// The node's executor over the unencrypted copy (no decryption, HTTP, charge or noise).
+    dp_rewrite_unencrypted_seconds_median: f64,
     overhead_ratio: f64,
     cores: usize,
 }
@@ -135,6 +137,18 @@ async fn plain_query(path: &std::path::Path) -> Result<Duration> {
     Ok(start.elapsed())
 }
 
+/// The node's executor (clamping, fixed point, the rewritten SQL) over the unencrypted copy:
+/// the DP rewrite's share of the overhead, without decryption, HTTP, charging or noise.
+async fn rewrite_only(path: &std::path::Path) -> Result<Duration> {
+    let manifest = veil_dp::Manifest::parse(MANIFEST)?;
+    let start = Instant::now();
+    let plan = veil_dp::sql::plan(SQL, "bench", &manifest, veil_dp::QueryOptions::default())
+        .and_then(veil_dp::cost)
+        .map_err(|r| anyhow::anyhow!("benchmark query refused: {}", r.0))?;
+    veil_datasets::execute_unencrypted(path, &manifest, &plan).await?;
+    Ok(start.elapsed())
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -198,9 +212,10 @@ pub async fn run(rows: u64, runs: usize, json: bool) -> Result<()> {
     say("plain DataFusion on the same rows, unencrypted …");
     let plain_path = dir.path().join("plain.parquet");
     plain_parquet(&csv, &plain_path).await?;
-    let mut plain = Vec::new();
+    let (mut plain, mut rewrite) = (Vec::new(), Vec::new());
     for _ in 0..runs {
         plain.push(plain_query(&plain_path).await?.as_secs_f64());
+        rewrite.push(rewrite_only(&plain_path).await?.as_secs_f64());
     }
     let report = Report {
         rows,
@@ -210,7 +225,8 @@ pub async fn run(rows: u64, runs: usize, json: bool) -> Result<()> {
         stored_bytes: ds.bytes_stored,
         query_runs: runs,
         dp_query_seconds_median: median(dp),
-        plain_datafusion_seconds_median: median(plain.clone()),
+        plain_datafusion_seconds_median: median(plain),
+        dp_rewrite_unencrypted_seconds_median: median(rewrite),
         overhead_ratio: 0.0,
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
@@ -248,6 +264,10 @@ pub async fn run(rows: u64, runs: usize, json: bool) -> Result<()> {
         t.row(vec![
             format!("plain DataFusion, unencrypted (median of {runs})"),
             format!("{:.3} s", report.plain_datafusion_seconds_median),
+        ]);
+        t.row(vec![
+            format!("DP executor alone, on the unencrypted copy (median of {runs})"),
+            format!("{:.3} s", report.dp_rewrite_unencrypted_seconds_median),
         ]);
         t.row(vec![
             "overhead (DP / plain)".into(),

@@ -148,7 +148,7 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
     })
 }
 
-fn init_logging(json: bool, level: &str) -> Result<()> {
+pub(crate) fn init_logging(json: bool, level: &str) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .with_context(|| format!("invalid log filter {level:?}"))?;
     let builder = tracing_subscriber::fmt()
