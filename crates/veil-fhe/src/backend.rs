@@ -384,12 +384,13 @@ impl Evaluator {
             .into_par_iter()
             .map(|s| {
                 let mut v: Vec<Option<LweCiphertextOwned<u64>>> = vec![None; c.ops.len()];
-                let mut inputs = s
+                // Expanding a seeded mask is most of a linear model's work: spread it over
+                // the pool too, not only across samples.
+                let mut by_feature: Vec<Option<LweCiphertextOwned<u64>>> = s
                     .cts
-                    .into_iter()
-                    .map(SeededLweCiphertext::decompress_into_lwe_ciphertext);
-                let mut by_feature: Vec<Option<LweCiphertextOwned<u64>>> =
-                    (0..n_in).map(|_| inputs.next()).collect();
+                    .into_par_iter()
+                    .map(|ct| Some(ct.decompress_into_lwe_ciphertext()))
+                    .collect();
                 for (i, op) in c.ops.iter().enumerate() {
                     if let Op::Input { feature, .. } = op {
                         v[i] = by_feature[*feature].take();

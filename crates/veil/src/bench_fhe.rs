@@ -43,6 +43,12 @@ const CASES: &[Case] = &[
         test: fixture!("data/breast_cancer_test.csv"),
     },
     Case {
+        name: "breast-cancer MLP 30-30-1",
+        model: fixture!("models/breast_cancer_mlp.onnx"),
+        train: fixture!("data/breast_cancer_train.csv"),
+        test: fixture!("data/breast_cancer_test.csv"),
+    },
+    Case {
         name: "breast-cancer RF 10×d4",
         model: fixture!("models/breast_cancer_rf.onnx"),
         train: fixture!("data/breast_cancer_train.csv"),
