@@ -529,6 +529,7 @@ pub struct FheInfoView {
     /// Programmable bootstraps per sample (the cost driver; linear models need none).
     pub pbs_per_sample: usize,
     pub n_features: usize,
+    /// Output ciphertexts per sample (a score may come back as several partial sums).
     pub n_outputs: usize,
     /// Widest input encoding in bits.
     pub input_bits: u32,

@@ -395,7 +395,8 @@ impl Core {
                     }
                 }
             }
-            s.spec.n_features()
+            // A feature may be encrypted as several inputs (trees with many thresholds).
+            s.spec.input_bits.len()
         };
         // Every ciphertext is parsed (and its shape checked) before any work is done.
         let batch: Vec<EncryptedInputs> = samples
@@ -407,7 +408,7 @@ impl Core {
                 })?;
                 if s.len() != n_in {
                     return Err(CoreError::InvalidFheRequest(format!(
-                        "sample {} has {} encrypted features; the model takes {n_in}",
+                        "sample {} has {} encrypted inputs; the model takes {n_in}",
                         i + 1,
                         s.len()
                     )));

@@ -370,7 +370,7 @@ impl Evaluator {
         for s in &batch {
             if s.cts.len() != n_in {
                 return Err(FheError::Input(format!(
-                    "expected {n_in} encrypted features, got {}",
+                    "expected {n_in} encrypted inputs, got {}",
                     s.cts.len()
                 )));
             }
