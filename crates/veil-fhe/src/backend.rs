@@ -8,7 +8,10 @@
 //! own fresh ciphertexts, with phase `v·2^(64-p)`, and sent seeded (the mask is regenerated from
 //! a 128-bit seed, so a ciphertext costs a few dozen bytes on the wire instead of 16 KiB).
 //! Bootstraps go through `ServerKey::apply_lookup_table_assign` with accumulators we fill
-//! ourselves, which sets both the number of boxes and the output encoding.
+//! ourselves, which sets both the number of boxes and the output encoding. Outputs go back with
+//! every coefficient rounded to its top 32 bits (8 KiB instead of 16 KiB each) when the
+//! circuit's noise analysis allows it ([`Params::var_output_rounding`]); outputs of circuits
+//! compiled before that check existed may need all 64 bits and are sent whole.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
@@ -31,6 +34,7 @@ use tfhe::shortint::{AtomicPatternKind, Ciphertext, PBSOrder};
 
 use crate::FheError;
 use crate::circuit::{Circuit, LUT_SIZE, Op, wrap_signed};
+use crate::noise::{OUTPUT_KEPT_BITS, Params};
 
 /// Parameters of every key and ciphertext, for callers that report sizes.
 pub const PARAMETER_SET: &str = "PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128";
@@ -165,14 +169,7 @@ impl ClientKey {
         out.cts
             .iter()
             .zip(enc)
-            .map(|(ct, &p)| {
-                if ct.lwe_size() != lwe_size() {
-                    return Err(FheError::Malformed(
-                        "an output ciphertext has the wrong size".into(),
-                    ));
-                }
-                Ok(decode(decrypt_lwe_ciphertext(&sk, ct).0, p))
-            })
+            .map(|(ct, &p)| Ok(decode(decrypt_lwe_ciphertext(&sk, &ct.expand()?).0, p)))
             .collect()
     }
 }
@@ -220,13 +217,66 @@ impl EncryptedInputs {
     }
 }
 
-/// One sample's encrypted outputs (full LWE ciphertexts).
+/// One output ciphertext as sent: every coefficient (mask, then body) rounded to its top
+/// [`OUTPUT_KEPT_BITS`] bits, or whole when the circuit's noise analysis needs all 64.
+#[derive(Clone, Serialize, Deserialize)]
+enum OutputCiphertext {
+    Rounded(Vec<u32>),
+    Whole(LweCiphertextOwned<u64>),
+}
+
+impl OutputCiphertext {
+    fn new(ct: LweCiphertextOwned<u64>, round: bool) -> Self {
+        if !round {
+            return Self::Whole(ct);
+        }
+        let shift = 64 - OUTPUT_KEPT_BITS;
+        Self::Rounded(
+            ct.as_ref()
+                .iter()
+                .map(|c| (c.wrapping_add(1u64 << (shift - 1)) >> shift) as u32)
+                .collect(),
+        )
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::Rounded(c) => c.len(),
+            Self::Whole(ct) => ct.lwe_size().0,
+        }
+    }
+
+    fn expand(&self) -> Result<LweCiphertextOwned<u64>, FheError> {
+        if self.len() != lwe_size().0 {
+            return Err(FheError::Malformed(
+                "an output ciphertext has the wrong size".into(),
+            ));
+        }
+        Ok(match self {
+            Self::Rounded(c) => LweCiphertextOwned::from_container(
+                c.iter()
+                    .map(|&v| u64::from(v) << (64 - OUTPUT_KEPT_BITS))
+                    .collect(),
+                CiphertextModulus::new_native(),
+            ),
+            Self::Whole(ct) => ct.clone(),
+        })
+    }
+}
+
+/// One sample's encrypted outputs.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct EncryptedOutputs {
-    pub cts: Vec<LweCiphertextOwned<u64>>,
+    cts: Vec<OutputCiphertext>,
 }
 
 impl EncryptedOutputs {
+    pub fn len(&self) -> usize {
+        self.cts.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.cts.is_empty()
+    }
     pub fn to_bytes(&self) -> Result<Vec<u8>, FheError> {
         bincode::serialize(self).map_err(bincode_err)
     }
@@ -237,7 +287,7 @@ impl EncryptedOutputs {
             .allow_trailing_bytes()
             .deserialize(bytes)
             .map_err(bincode_err)?;
-        if s.cts.iter().any(|c| c.lwe_size() != lwe_size()) {
+        if s.cts.iter().any(|c| c.len() != lwe_size().0) {
             return Err(FheError::Malformed(
                 "an output ciphertext has the wrong size".into(),
             ));
@@ -254,6 +304,8 @@ pub struct Prepared {
     luts: Vec<Option<LookupTableOwned>>,
     /// Bootstrap depth of every op; bootstraps of equal depth run in parallel.
     level: Vec<usize>,
+    /// Per output: whether its noise budget allows sending it rounded.
+    round_output: Vec<bool>,
 }
 
 impl Prepared {
@@ -293,10 +345,19 @@ impl Prepared {
                 _ => None,
             });
         }
+        let noise = Params::message_2_carry_2();
+        let (var, _) = circuit.noise(&noise);
+        let enc = circuit.encodings();
+        let round_output = circuit
+            .outputs
+            .iter()
+            .map(|&o| noise.log2_p_fail_output(var[o], enc[o]) <= noise.max_log2_p_fail)
+            .collect();
         Ok(Self {
             circuit,
             luts,
             level,
+            round_output,
         })
     }
 
@@ -492,8 +553,10 @@ impl Evaluator {
                 let cts = c
                     .outputs
                     .iter()
-                    .map(|&o| {
+                    .zip(&prepared.round_output)
+                    .map(|(&o, &round)| {
                         v[o].clone()
+                            .map(|ct| OutputCiphertext::new(ct, round))
                             .ok_or_else(|| FheError::Circuit("an output was not computed".into()))
                     })
                     .collect::<Result<_, _>>()?;

@@ -235,7 +235,7 @@ impl Circuit {
             var.push(v);
         }
         for &o in &self.outputs {
-            worst = worst.max(Params::log2_p_fail(var[o], enc[o]));
+            worst = worst.max(params.log2_p_fail_output(var[o], enc[o]));
         }
         (var, worst)
     }

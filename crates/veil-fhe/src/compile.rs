@@ -492,7 +492,7 @@ fn plan_outputs(
 ) -> Result<OutputPlan, FheError> {
     let widest = |terms: usize| {
         (4..=30).rev().find(|&p| {
-            Params::log2_p_fail(terms as f64 * params.var_pbs, p) <= params.max_log2_p_fail
+            params.log2_p_fail_output(terms as f64 * params.var_pbs, p) <= params.max_log2_p_fail
         })
     };
     let mut group_of = Vec::with_capacity(luts.len());
@@ -753,7 +753,9 @@ fn one_hidden_layer(
     // still decrypts exactly.
     let pa = (4..=30)
         .rev()
-        .find(|&p| Params::log2_p_fail(opts.params.var_pbs, p) <= opts.params.max_log2_p_fail)
+        .find(|&p| {
+            opts.params.log2_p_fail_output(opts.params.var_pbs, p) <= opts.params.max_log2_p_fail
+        })
         .unwrap_or(4);
     let act_max = acts
         .iter()
@@ -1225,7 +1227,7 @@ mod tests {
                     "group {g} overflows"
                 );
                 let terms = members.len() as f64 * params.var_pbs;
-                assert!(Params::log2_p_fail(terms, p) <= params.max_log2_p_fail);
+                assert!(params.log2_p_fail_output(terms, p) <= params.max_log2_p_fail);
             }
         }
         assert!(

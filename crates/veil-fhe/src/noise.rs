@@ -32,6 +32,9 @@ pub struct Params {
     pub max_log2_p_fail: f64,
 }
 
+/// Bits of every output ciphertext coefficient sent back to the client (of 64).
+pub const OUTPUT_KEPT_BITS: u32 = 32;
+
 const LOG2_E: f64 = std::f64::consts::LOG2_E;
 const Q: f64 = 18_446_744_073_709_551_616.0; // 2^64
 
@@ -110,6 +113,20 @@ impl Params {
     /// Failure probability (log2) of a bootstrap whose input has variance `var`.
     pub fn log2_p_fail_pbs(&self, var: f64) -> f64 {
         Self::log2_p_fail(var + self.var_ks + self.var_ms, self.pbs_bits)
+    }
+
+    /// Variance an output ciphertext gains on the wire, where every coefficient is rounded to
+    /// its top [`OUTPUT_KEPT_BITS`] bits: the body's and each mask coefficient's uniform
+    /// rounding error, the latter times a binary secret-key bit.
+    pub fn var_output_rounding(&self) -> f64 {
+        let n = (self.glwe_dimension * self.polynomial_size) as f64;
+        (1.0 + n / 2.0) / 12.0 * ex2(-2.0 * f64::from(OUTPUT_KEPT_BITS))
+    }
+
+    /// Failure probability (log2) of decrypting, at encoding `p`, an output of variance `var`
+    /// sent with rounded coefficients.
+    pub fn log2_p_fail_output(&self, var: f64, p: u32) -> f64 {
+        Self::log2_p_fail(var + self.var_output_rounding(), p)
     }
 }
 

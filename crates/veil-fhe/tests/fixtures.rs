@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use veil_fhe::backend::{ClientKey, Evaluator, Prepared, RunControl};
-use veil_fhe::{CompileOptions, CompiledModel, FloatModel, compile, read_onnx};
+use veil_fhe::{Circuit, CompileOptions, CompiledModel, FloatModel, Op, compile, read_onnx};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
@@ -253,6 +253,42 @@ fn encrypted_runs_decrypt_to_the_simulator() {
                 c.simulate(r).expect("sim"),
                 "{name}"
             );
+            // Outputs travel rounded to 32-bit coefficients: 2049 × 4 bytes each, plus framing.
+            let bytes = o.to_bytes().expect("bytes").len();
+            assert!(bytes < o.len() * 8_300, "{name}: {bytes} bytes");
         }
     }
+
+    // A circuit compiled before outputs were rounded may read 40 bits: sent whole, still exact.
+    let wide = Circuit {
+        ops: vec![
+            Op::Input { feature: 0, p: 40 },
+            Op::Linear {
+                terms: vec![(0, 3)],
+                bias: 5,
+                p: 40,
+            },
+        ],
+        outputs: vec![1],
+        n_inputs: 1,
+    };
+    let prepared = Prepared::new(wide.clone()).expect("prepare");
+    let batch = vec![
+        key.encrypt(&wide.input_encodings(), &[1 << 30])
+            .expect("encrypt"),
+    ];
+    let ctl = RunControl {
+        deadline: None,
+        progress: &|_, _| {},
+    };
+    let out = pool
+        .install(|| eval.run(&prepared, batch, &ctl))
+        .expect("run");
+    let bytes = out[0].to_bytes().expect("bytes").len();
+    assert!(bytes > 16_000, "{bytes} bytes");
+    assert_eq!(
+        key.decrypt(&wide.output_encodings(), &out[0])
+            .expect("decrypt"),
+        vec![3 * (1 << 30) + 5]
+    );
 }
