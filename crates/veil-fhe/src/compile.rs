@@ -16,13 +16,13 @@
 //!   too coarse for the 30-neuron breast-cancer MLP (0.921 against 0.982 float), and small
 //!   leaf values of a forest round to nothing (the digits forest: 0.822 against 0.850). A
 //!   score may therefore come back as several partial sums ([`OUTPUT_CAPS`]), which the
-//!   client adds after decrypting: 0.974 for that MLP with two, 0.854 for the forest with
+//!   client adds after decrypting: 0.978 for that MLP with two, 0.854 for the forest with
 //!   three. The compiler takes the cheapest candidate within [`LABEL_TOLERANCE`] of the best
 //!   agreement with the float model on the calibration rows.
 //! - **Tree ensembles** quantise each feature by the thresholds the trees use (exactly, or
-//!   with `--bits` snapped onto a grid as Concrete ML does, see `TreeGrid`): a
-//!   bootstrap tells 16 ranks apart, so a feature with more than 15 distinct thresholds is
-//!   encrypted as several inputs, one per chunk of 15. They spend one bootstrap per distinct comparison,
+//!   with `--bits` snapped onto a grid as Concrete ML does, see `TreeGrid`). A bootstrap
+//!   tells 16 ranks apart, so a feature with more than 15 distinct thresholds is encrypted as
+//!   several inputs, one per chunk of 15. Trees spend one bootstrap per distinct comparison,
 //!   and one per pair of sibling leaves (or lone leaf) to select the leaf value: the bootstrap
 //!   reads `2·(agreements with the path) + last bit`.
 
