@@ -493,6 +493,15 @@ struct OutputPlan {
     scale: f64,
 }
 
+/// The widest encoding (4 to 30 bits) at which an output summing `terms` bootstrap outputs
+/// still decrypts within the failure bound.
+fn widest_output(terms: usize, params: &Params) -> Option<u32> {
+    let var = terms as f64 * params.var_pbs;
+    (4..=30)
+        .rev()
+        .find(|&p| params.log2_p_fail_output(var, p) <= params.max_log2_p_fail)
+}
+
 /// `luts[u]`: bootstrap outputs unit `u` adds to a score; `worst[k][u]`: the largest
 /// |contribution| of unit `u` to score `k`; `base[k]`: score `k`'s constant (added to group 0).
 /// Units are packed in order into groups of at most `cap` bootstrap outputs (a unit larger than
@@ -505,11 +514,7 @@ fn plan_outputs(
     cap: usize,
     params: &Params,
 ) -> Result<OutputPlan, FheError> {
-    let widest = |terms: usize| {
-        (4..=30).rev().find(|&p| {
-            params.log2_p_fail_output(terms as f64 * params.var_pbs, p) <= params.max_log2_p_fail
-        })
-    };
+    let widest = |terms: usize| widest_output(terms, params);
     let mut group_of = Vec::with_capacity(luts.len());
     let mut counts: Vec<usize> = vec![];
     let mut units: Vec<usize> = vec![];
@@ -574,15 +579,20 @@ fn plan_outputs(
     })
 }
 
+/// Smallest and largest value of calibration column `i`.
+fn column_range(calibration: &[Vec<f64>], i: usize) -> (f64, f64) {
+    calibration
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), r| {
+            (l.min(r[i]), h.max(r[i]))
+        })
+}
+
 fn uniform_quantisers(calibration: &[Vec<f64>], levels: u32) -> Vec<Quantiser> {
     let n = calibration[0].len();
     (0..n)
         .map(|i| {
-            let (lo, hi) = calibration
-                .iter()
-                .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), r| {
-                    (l.min(r[i]), h.max(r[i]))
-                });
+            let (lo, hi) = column_range(calibration, i);
             let step = if hi > lo {
                 (hi - lo) / f64::from(levels - 1)
             } else {
@@ -766,12 +776,7 @@ fn one_hidden_layer(
 
     // Split inference: each neuron's quantised activation, as wide as a bootstrap output
     // still decrypts exactly.
-    let pa = (4..=30)
-        .rev()
-        .find(|&p| {
-            opts.params.log2_p_fail_output(opts.params.var_pbs, p) <= opts.params.max_log2_p_fail
-        })
-        .unwrap_or(4);
+    let pa = widest_output(1, &opts.params).unwrap_or(4);
     let act_max = acts
         .iter()
         .flatten()
@@ -947,11 +952,7 @@ const MAX_CUTS: usize = LUT_SIZE - 1;
 fn snap_forest(f: &Forest, calibration: &[Vec<f64>], bits: u32) -> Forest {
     let grids: Vec<Option<TreeGrid>> = (0..f.n_features)
         .map(|feat| {
-            let (lo, hi) = calibration
-                .iter()
-                .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), r| {
-                    (l.min(r[feat]), h.max(r[feat]))
-                });
+            let (lo, hi) = column_range(calibration, feat);
             TreeGrid::new(lo, hi, bits)
         })
         .collect();
