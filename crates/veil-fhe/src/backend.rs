@@ -5,8 +5,9 @@
 //!
 //! Shortint's vetted `PARAM_MESSAGE_2_CARRY_2_KS_PBS` (2^-128) keys are used as they are; only
 //! the encodings are ours. Inputs are encrypted under the big (GLWE-as-LWE) key like shortint's
-//! own fresh ciphertexts, with phase `v·2^(64-p)`, and sent seeded (the mask is regenerated from
-//! a 128-bit seed, so a ciphertext costs a few dozen bytes on the wire instead of 16 KiB).
+//! own fresh ciphertexts, with phase `v·2^(64-p)`, and sent as one seeded list per sample (every
+//! mask is regenerated from one 128-bit seed, so an input costs 8 bytes on the wire instead of
+//! 16 KiB).
 //! Bootstraps go through `ServerKey::apply_lookup_table_assign` with accumulators we fill
 //! ourselves, which sets both the number of boxes and the output encoding. Outputs go back with
 //! every coefficient rounded to its top 32 bits (8 KiB instead of 16 KiB each) when the
@@ -21,9 +22,9 @@ use serde::{Deserialize, Serialize};
 use tfhe::conformance::ParameterSetConformant;
 use tfhe::core_crypto::algorithms::slice_algorithms::slice_wrapping_add_scalar_mul_assign;
 use tfhe::core_crypto::prelude::{
-    CiphertextModulus, LweCiphertextOwned, LweSize, Plaintext, SeededLweCiphertext,
-    allocate_and_encrypt_new_seeded_lwe_ciphertext, decrypt_lwe_ciphertext,
-    generate_programmable_bootstrap_glwe_lut, new_seeder,
+    CiphertextModulus, ContiguousEntityContainer, LweCiphertextCount, LweCiphertextOwned, LweSize,
+    PlaintextList, SeededLweCiphertextList, decrypt_lwe_ciphertext,
+    generate_programmable_bootstrap_glwe_lut, new_seeder, par_encrypt_seeded_lwe_ciphertext_list,
 };
 use tfhe::shortint::ciphertext::{Degree, NoiseLevel};
 use tfhe::shortint::parameters::{
@@ -134,23 +135,31 @@ impl ClientKey {
                 quantised.len()
             )));
         }
+        if quantised.is_empty() {
+            return Err(FheError::Input("there is nothing to encrypt".into()));
+        }
         let (sk, noise) = self.key.encryption_key_and_noise();
         let mut seeder = new_seeder();
-        let cts = quantised
+        let plaintexts: Vec<u64> = quantised
             .iter()
             .zip(enc)
-            .map(|(&v, &p)| {
-                let pt = Plaintext(encode(v, p));
-                allocate_and_encrypt_new_seeded_lwe_ciphertext(
-                    &sk,
-                    pt,
-                    noise,
-                    CiphertextModulus::new_native(),
-                    seeder.as_mut(),
-                )
-            })
+            .map(|(&v, &p)| encode(v, p))
             .collect();
-        Ok(EncryptedInputs { cts })
+        let mut list = SeededLweCiphertextList::new(
+            0u64,
+            lwe_size(),
+            LweCiphertextCount(plaintexts.len()),
+            seeder.seed().into(),
+            CiphertextModulus::new_native(),
+        );
+        par_encrypt_seeded_lwe_ciphertext_list(
+            &sk,
+            &mut list,
+            &PlaintextList::from_container(plaintexts),
+            noise,
+            seeder.as_mut(),
+        );
+        Ok(EncryptedInputs { list })
     }
 
     /// Decrypts one sample's outputs read at the circuit's output encodings.
@@ -183,18 +192,18 @@ fn decode(phase: u64, p: u32) -> i64 {
     wrap_signed(i128::from(rounded), p)
 }
 
-/// One sample's encrypted features, seeded.
+/// One sample's encrypted inputs: a seeded list (bodies plus one seed for every mask).
 #[derive(Clone, Serialize, Deserialize)]
 pub struct EncryptedInputs {
-    cts: Vec<SeededLweCiphertext<u64>>,
+    list: SeededLweCiphertextList<Vec<u64>>,
 }
 
 impl EncryptedInputs {
     pub fn len(&self) -> usize {
-        self.cts.len()
+        self.list.lwe_ciphertext_count().0
     }
     pub fn is_empty(&self) -> bool {
-        self.cts.is_empty()
+        self.len() == 0
     }
     pub fn to_bytes(&self) -> Result<Vec<u8>, FheError> {
         bincode::serialize(self).map_err(bincode_err)
@@ -206,9 +215,10 @@ impl EncryptedInputs {
             .allow_trailing_bytes()
             .deserialize(bytes)
             .map_err(bincode_err)?;
-        if s.cts.iter().any(|c| {
-            c.lwe_size() != lwe_size() || c.ciphertext_modulus() != CiphertextModulus::new_native()
-        }) {
+        if s.list.lwe_size() != lwe_size()
+            || s.list.ciphertext_modulus() != CiphertextModulus::new_native()
+            || s.is_empty()
+        {
             return Err(FheError::Malformed(
                 "an input ciphertext was not made with this node's parameters".into(),
             ));
@@ -429,10 +439,10 @@ impl Evaluator {
         let enc = c.encodings();
         let n_in = c.n_inputs;
         for s in &batch {
-            if s.cts.len() != n_in {
+            if s.len() != n_in {
                 return Err(FheError::Input(format!(
                     "expected {n_in} encrypted inputs, got {}",
-                    s.cts.len()
+                    s.len()
                 )));
             }
         }
@@ -448,9 +458,15 @@ impl Evaluator {
                 // Expanding a seeded mask is most of a linear model's work: spread it over
                 // the pool too, not only across samples.
                 let mut by_feature: Vec<Option<LweCiphertextOwned<u64>>> = s
-                    .cts
-                    .into_par_iter()
-                    .map(|ct| Some(ct.decompress_into_lwe_ciphertext()))
+                    .list
+                    .par_decompress_into_lwe_ciphertext_list()
+                    .iter()
+                    .map(|ct| {
+                        Some(LweCiphertextOwned::from_container(
+                            ct.as_ref().to_vec(),
+                            ct.ciphertext_modulus(),
+                        ))
+                    })
                     .collect();
                 for (i, op) in c.ops.iter().enumerate() {
                     if let Op::Input { feature, .. } = op {
