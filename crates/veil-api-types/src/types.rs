@@ -575,7 +575,7 @@ pub struct FheInferBody {
     /// A model version; the newest if omitted.
     #[serde(default)]
     pub version: Option<u32>,
-    /// One base64 string per sample: its seeded LWE ciphertexts (`veil fhe encrypt`).
+    /// One base64 string per sample: its seeded LWE ciphertext list (`veil fhe encrypt`).
     pub samples: Vec<String>,
     /// Split inference: evaluate only the first K layers and return the encrypted hidden
     /// activations (finish with `POST /api/v1/fhe/models/{name}/finish`).
