@@ -517,25 +517,19 @@ fn plan_outputs(
     let widest = |terms: usize| widest_output(terms, params);
     let mut group_of = Vec::with_capacity(luts.len());
     let mut counts: Vec<usize> = vec![];
-    let mut units: Vec<usize> = vec![];
     for &n in luts {
         match counts.last_mut() {
-            Some(c) if c.saturating_add(n) <= cap => {
-                *c += n;
-                if let Some(u) = units.last_mut() {
-                    *u += 1;
-                }
-            }
-            _ => {
-                counts.push(n);
-                units.push(1);
-            }
+            Some(c) if c.saturating_add(n) <= cap => *c += n,
+            _ => counts.push(n),
         }
         group_of.push(counts.len() - 1);
     }
     if counts.is_empty() {
         counts.push(0);
-        units.push(0);
+    }
+    let mut units = vec![0usize; counts.len()];
+    for &g in &group_of {
+        units[g] += 1;
     }
     let too_many = || {
         FheError::Unsupported(

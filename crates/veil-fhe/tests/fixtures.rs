@@ -218,6 +218,14 @@ fn encrypted_runs_decrypt_to_the_simulator() {
         .num_threads(2)
         .build()
         .expect("pool");
+    let ctl = RunControl {
+        deadline: None,
+        progress: &|_, _| {},
+    };
+    let run = |prepared: &Prepared, batch| {
+        pool.install(|| eval.run(prepared, batch, &ctl))
+            .expect("run")
+    };
     let train = csv("breast_cancer_train.csv");
     let test = csv("breast_cancer_test.csv");
     for name in [
@@ -239,13 +247,7 @@ fn encrypted_runs_decrypt_to_the_simulator() {
                 .expect("encrypt")
             })
             .collect();
-        let ctl = RunControl {
-            deadline: None,
-            progress: &|_, _| {},
-        };
-        let out = pool
-            .install(|| eval.run(&prepared, batch, &ctl))
-            .expect("run");
+        let out = run(&prepared, batch);
         for (r, o) in samples.iter().zip(&out) {
             assert_eq!(
                 key.decrypt(&c.circuit.output_encodings(), o)
@@ -277,13 +279,7 @@ fn encrypted_runs_decrypt_to_the_simulator() {
         key.encrypt(&wide.input_encodings(), &[1 << 30])
             .expect("encrypt"),
     ];
-    let ctl = RunControl {
-        deadline: None,
-        progress: &|_, _| {},
-    };
-    let out = pool
-        .install(|| eval.run(&prepared, batch, &ctl))
-        .expect("run");
+    let out = run(&prepared, batch);
     let bytes = out[0].to_bytes().expect("bytes").len();
     assert!(bytes > 16_000, "{bytes} bytes");
     assert_eq!(
