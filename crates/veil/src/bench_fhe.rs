@@ -27,6 +27,8 @@ struct Case {
     model: &'static [u8],
     train: &'static [u8],
     test: &'static [u8],
+    /// `--bits`: for forests, Concrete ML's threshold grid (its default is 6 bits).
+    bits: Option<u32>,
 }
 
 const CASES: &[Case] = &[
@@ -35,42 +37,56 @@ const CASES: &[Case] = &[
         model: fixture!("models/breast_cancer_lr_scaled.onnx"),
         train: fixture!("data/breast_cancer_train.csv"),
         test: fixture!("data/breast_cancer_test.csv"),
+        bits: None,
     },
     Case {
         name: "breast-cancer MLP 30-8-1",
         model: fixture!("models/breast_cancer_mlp8.onnx"),
         train: fixture!("data/breast_cancer_train.csv"),
         test: fixture!("data/breast_cancer_test.csv"),
+        bits: None,
     },
     Case {
         name: "breast-cancer MLP 30-30-1",
         model: fixture!("models/breast_cancer_mlp.onnx"),
         train: fixture!("data/breast_cancer_train.csv"),
         test: fixture!("data/breast_cancer_test.csv"),
+        bits: None,
     },
     Case {
         name: "breast-cancer RF 10×d4",
         model: fixture!("models/breast_cancer_rf.onnx"),
         train: fixture!("data/breast_cancer_train.csv"),
         test: fixture!("data/breast_cancer_test.csv"),
+        bits: None,
+    },
+    Case {
+        name: "breast-cancer RF 10×d4, 6 bits",
+        model: fixture!("models/breast_cancer_rf.onnx"),
+        train: fixture!("data/breast_cancer_train.csv"),
+        test: fixture!("data/breast_cancer_test.csv"),
+        bits: Some(6),
     },
     Case {
         name: "digits LR",
         model: fixture!("models/digits_lr.onnx"),
         train: fixture!("data/digits_train.csv"),
         test: fixture!("data/digits_test.csv"),
+        bits: None,
     },
     Case {
         name: "digits MLP 64-16-10",
         model: fixture!("models/digits_mlp16.onnx"),
         train: fixture!("data/digits_train.csv"),
         test: fixture!("data/digits_test.csv"),
+        bits: None,
     },
     Case {
         name: "digits RF 10×d4",
         model: fixture!("models/digits_rf.onnx"),
         train: fixture!("data/digits_train.csv"),
         test: fixture!("data/digits_test.csv"),
+        bits: None,
     },
 ];
 
@@ -198,7 +214,11 @@ pub fn run(samples: usize, json: bool) -> Result<()> {
         let model: FloatModel = read_onnx(case.model, 10_000)?;
         let (train, _) = csv(case.train)?;
         let (test, labels) = csv(case.test)?;
-        let compiled = compile(&model, &train, &CompileOptions::default())?;
+        let opts = CompileOptions {
+            bits: case.bits,
+            ..CompileOptions::default()
+        };
+        let compiled = compile(&model, &train, &opts)?;
         let prepared = Prepared::new(compiled.circuit.clone())?;
         let (input_bits, output_bits) = (
             compiled.circuit.input_encodings(),
