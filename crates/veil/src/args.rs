@@ -276,7 +276,7 @@ pub struct BenchArgs {
     /// Rows to generate [default: 10 million for `datasets`, 1 million for `validate`].
     #[arg(long)]
     pub rows: Option<u64>,
-    /// `datasets`: query runs (the median is reported).
+    /// `datasets`: query runs; `validate`: validations and bare loops (medians are reported).
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
     /// postgres://… server to benchmark the PostgreSQL backend on (a scratch database is

@@ -100,7 +100,7 @@ pub async fn run(a: BenchArgs, json: bool) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         "validate" => {
-            crate::bench_validate::run(a.rows.unwrap_or(1_000_000), json).await?;
+            crate::bench_validate::run(a.rows.unwrap_or(1_000_000), a.runs, json).await?;
             Ok(ExitCode::SUCCESS)
         }
         "fhe" => {

@@ -149,7 +149,8 @@ async fn rewrite_only(path: &std::path::Path) -> Result<Duration> {
     Ok(start.elapsed())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median of `v` (the upper one for an even count); `v` must not be empty.
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
