@@ -27,7 +27,8 @@ struct Case {
     model: &'static [u8],
     train: &'static [u8],
     test: &'static [u8],
-    /// `--bits`: for forests, Concrete ML's threshold grid (its default is 6 bits).
+    /// `--bits`: Concrete ML's setting where we compare with it (4-bit MLP inputs; for
+    /// forests, its 6-bit threshold grid).
     bits: Option<u32>,
 }
 
@@ -52,6 +53,13 @@ const CASES: &[Case] = &[
         train: fixture!("data/breast_cancer_train.csv"),
         test: fixture!("data/breast_cancer_test.csv"),
         bits: None,
+    },
+    Case {
+        name: "breast-cancer MLP 30-30-1, 4 bits",
+        model: fixture!("models/breast_cancer_mlp.onnx"),
+        train: fixture!("data/breast_cancer_train.csv"),
+        test: fixture!("data/breast_cancer_test.csv"),
+        bits: Some(4),
     },
     Case {
         name: "breast-cancer RF 10×d4",
