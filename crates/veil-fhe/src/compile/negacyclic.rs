@@ -134,8 +134,8 @@ enum Neuron {
         weights: Vec<i64>,
         bias: i64,
         k: f64,
-        main: OddFit,
-        split: OddFit,
+        main: Box<OddFit>,
+        split: Box<OddFit>,
     },
 }
 
@@ -234,8 +234,8 @@ fn plan_neuron(
                 weights,
                 bias,
                 k,
-                main: fit_odd(&main_rows, None),
-                split: fit_odd(&split_rows, None),
+                main: Box::new(fit_odd(&main_rows, None)),
+                split: Box::new(fit_odd(&split_rows, None)),
             });
         }
         k *= 0.98;
@@ -412,6 +412,20 @@ pub(super) fn negacyclic_layer(
     }))
 }
 
+/// `Σ cᵢ·inputᵢ + bias` at encoding `p`, zero coefficients left out.
+fn dot(ins: &[ValueId], coef: impl IntoIterator<Item = i64>, bias: i64, p: u32) -> Op {
+    Op::Linear {
+        terms: ins
+            .iter()
+            .copied()
+            .zip(coef)
+            .filter(|(_, c)| *c != 0)
+            .collect(),
+        bias,
+        p,
+    }
+}
+
 /// Split inference reveals activations to the node, so they must be functions of the quantised
 /// accumulator alone; at 5 bits that can cost accuracy the main circuit (whose affine part is
 /// exact) does not lose. Of this design's split and the cleared design's (an 8-bit
@@ -511,16 +525,7 @@ fn build(
         else {
             continue;
         };
-        ops.push(Op::Linear {
-            terms: ins
-                .iter()
-                .zip(weights)
-                .filter(|(_, w)| **w != 0)
-                .map(|(&id, &w)| (id, w))
-                .collect(),
-            bias: *bias,
-            p: LUT_BITS,
-        });
+        ops.push(dot(&ins, weights.iter().copied(), *bias, LUT_BITS));
         let acc = ops.len() - 1;
         for (o, w_out) in l2.w.iter().enumerate() {
             let g = group_of[u];
@@ -549,16 +554,7 @@ fn build(
             shifts.push(0);
         }
         let (coef, bias) = &lin[o];
-        ops.push(Op::Linear {
-            terms: ins
-                .iter()
-                .zip(coef)
-                .filter(|(_, c)| **c != 0)
-                .map(|(&id, &c)| (id, c))
-                .collect(),
-            bias: *bias,
-            p: p_lin[o],
-        });
+        ops.push(dot(&ins, coef.iter().copied(), *bias, p_lin[o]));
         outputs.push(ops.len() - 1);
         shifts.push(shift);
     }
@@ -607,16 +603,12 @@ fn split_circuit(
                         "an affine activation is too wide".into(),
                     ));
                 }
-                ops.push(Op::Linear {
-                    terms: ins
-                        .iter()
-                        .zip(&w[j])
-                        .map(|(&id, v)| (id, (alpha * v * sa).round() as i64))
-                        .filter(|(_, c)| *c != 0)
-                        .collect(),
-                    bias: ((alpha * b[j] + beta) * sa).round() as i64,
-                    p: pa,
-                });
+                ops.push(dot(
+                    &ins,
+                    w[j].iter().map(|v| (alpha * v * sa).round() as i64),
+                    ((alpha * b[j] + beta) * sa).round() as i64,
+                    pa,
+                ));
                 outputs.push(ops.len() - 1);
                 scales.push(sa);
             }
@@ -641,16 +633,7 @@ fn split_circuit(
                 ..
             } => {
                 let (c, sa, fit) = odd_activation(*k, split, room)?;
-                ops.push(Op::Linear {
-                    terms: ins
-                        .iter()
-                        .zip(weights)
-                        .filter(|(_, w)| **w != 0)
-                        .map(|(&id, &w)| (id, w))
-                        .collect(),
-                    bias: *bias,
-                    p: LUT_BITS,
-                });
+                ops.push(dot(&ins, weights.iter().copied(), *bias, LUT_BITS));
                 let acc = ops.len() - 1;
                 ops.push(Op::Lut {
                     input: acc,
