@@ -82,13 +82,19 @@ fn encrypt(k: &Keys, spec: &ClientSpec, rows: &[Vec<f64>]) -> Vec<String> {
         .collect()
 }
 
-async fn publish(creator: &Client, name: &str, model: &str, train: &[Vec<f64>]) -> ModelView {
+async fn publish(
+    creator: &Client,
+    name: &str,
+    model: &str,
+    bits: Option<u32>,
+    train: &[Vec<f64>],
+) -> ModelView {
     creator
         .upload_model_with(
             name,
             fixture(&format!("models/{model}")),
             None,
-            Some((FhePublishOptions::default(), calibration_csv(train))),
+            Some((FhePublishOptions { bits }, calibration_csv(train))),
         )
         .await
         .expect("publish")
@@ -103,9 +109,18 @@ async fn encrypted_inference_decrypts_to_the_simulator() {
     let train = rows("data/breast_cancer_train.csv");
     let test = rows("data/breast_cancer_test.csv");
 
-    let m = publish(&creator, "tumour-mlp", "breast_cancer_mlp8.onnx", &train).await;
+    // Concrete ML's MLP at its 4-bit setting: some neurons bootstrap, some fold into the
+    // affine part (at the default width the 8-neuron MLP compiles to no bootstrap at all).
+    let m = publish(
+        &creator,
+        "tumour-mlp",
+        "breast_cancer_mlp.onnx",
+        Some(4),
+        &train,
+    )
+    .await;
     let info = m.fhe.clone().expect("published");
-    assert!(info.kind.starts_with("network 1×8"), "{info:?}");
+    assert!(info.kind.starts_with("network 1×30"), "{info:?}");
     assert!(
         info.pbs_per_sample > 0 && info.log2_p_fail <= -128.0,
         "{info:?}"
@@ -116,9 +131,12 @@ async fn encrypted_inference_decrypts_to_the_simulator() {
 
     // The node compiled exactly what the engine compiles from the same inputs, so the local
     // simulator predicts the decrypted integers bit for bit.
-    let float =
-        veil_fhe::read_onnx(&fixture("models/breast_cancer_mlp8.onnx"), 4096).expect("read");
-    let compiled = veil_fhe::compile(&float, &train, &CompileOptions::default()).expect("compile");
+    let float = veil_fhe::read_onnx(&fixture("models/breast_cancer_mlp.onnx"), 4096).expect("read");
+    let opts = CompileOptions {
+        bits: Some(4),
+        ..CompileOptions::default()
+    };
+    let compiled = veil_fhe::compile(&float, &train, &opts).expect("compile");
     let view = user.fhe_model("tumour-mlp", None).await.expect("spec");
     let spec: ClientSpec = serde_json::from_value(view.spec.clone()).expect("spec");
     assert_eq!(spec.input_bits, compiled.circuit.input_encodings());
@@ -371,7 +389,7 @@ async fn expired_evaluation_keys_are_refused() {
     let creator = node.user("mo@lab.org", "model-creator").await;
     let user = node.user("pat@home.org", "data-user").await;
     let train = rows("data/breast_cancer_train.csv");
-    publish(&creator, "lr", "breast_cancer_lr_scaled.onnx", &train).await;
+    publish(&creator, "lr", "breast_cancer_lr_scaled.onnx", None, &train).await;
     let spec: ClientSpec =
         serde_json::from_value(user.fhe_model("lr", None).await.expect("spec").spec).expect("spec");
     let k = keys();
