@@ -690,6 +690,22 @@ fn fold_quantisers(dense: &Dense, qs: &[Quantiser]) -> Dense {
     }
 }
 
+/// A network's first layer on uniformly quantised inputs: the quantisers (`levels` each), the
+/// layer rewritten to read their integers, and the calibration rows as those integers.
+fn quantised_first_layer(
+    net: &Network,
+    calibration: &[Vec<f64>],
+    levels: u32,
+) -> (Vec<Quantiser>, Dense, Vec<Vec<f64>>) {
+    let qs = uniform_quantisers(calibration, levels);
+    let l1 = fold_quantisers(&net.layers[0], &qs);
+    let qrows = calibration
+        .iter()
+        .map(|r| qs.iter().zip(r).map(|(q, v)| q.apply(*v) as f64).collect())
+        .collect();
+    (qs, l1, qrows)
+}
+
 fn inputs(c: &mut Vec<Op>, n: usize, p: u32) -> Vec<ValueId> {
     (0..n)
         .map(|feature| {
@@ -778,17 +794,11 @@ fn one_hidden_layer(
     if bits > 6 {
         return Err(FheError::Input("networks take at most 6 input bits".into()));
     }
-    let levels = 1u32 << bits;
-    let qs = uniform_quantisers(calibration, levels);
-    let l1 = fold_quantisers(&net.layers[0], &qs);
+    let (qs, l1, qrows) = quantised_first_layer(net, calibration, 1u32 << bits);
     let l2 = &net.layers[1];
     let act = net.activations[0];
     let h = l1.n_out();
     let k_out = l2.n_out();
-    let qrows: Vec<Vec<f64>> = calibration
-        .iter()
-        .map(|r| qs.iter().zip(r).map(|(q, v)| q.apply(*v) as f64).collect())
-        .collect();
 
     // Per neuron: the affine map from the float pre-activation to the 8-bit accumulator,
     // calibrated so the observed range (widened by 2%) fills [0, 256).

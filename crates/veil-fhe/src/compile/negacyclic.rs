@@ -27,8 +27,8 @@
 //! sees no more than quantised activations, never the pre-activations.
 
 use super::{
-    CompileOptions, CompiledModel, LABEL_TOLERANCE, Quantiser, Split, fold_quantisers, inputs,
-    one_hidden_layer, plan_outputs, uniform_quantisers, widest_output,
+    CompileOptions, CompiledModel, LABEL_TOLERANCE, Quantiser, Split, inputs, one_hidden_layer,
+    plan_outputs, quantised_first_layer, widest_output,
 };
 use crate::FheError;
 use crate::circuit::{Circuit, LUT_BITS, LUT_SIZE, MAX_BITS, Op, ValueId};
@@ -259,15 +259,10 @@ pub(super) fn negacyclic_layer(
         )));
     }
     let levels = 1u32 << bits;
-    let qs = uniform_quantisers(calibration, levels);
-    let l1 = fold_quantisers(&net.layers[0], &qs);
+    let (qs, l1, qrows) = quantised_first_layer(net, calibration, levels);
     let l2 = &net.layers[1];
     let act = net.activations[0];
     let (h, k_out, n_in) = (l1.n_out(), l2.n_out(), l1.n_in());
-    let qrows: Vec<Vec<f64>> = calibration
-        .iter()
-        .map(|r| qs.iter().zip(r).map(|(q, v)| q.apply(*v) as f64).collect())
-        .collect();
     let neurons = (0..h)
         .map(|j| {
             let pre: Vec<f64> = qrows
