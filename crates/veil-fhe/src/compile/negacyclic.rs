@@ -1,5 +1,6 @@
-//! One-hidden-layer networks with one bootstrap per hidden neuron and score: the bootstrap
-//! reads a *signed* 5-bit accumulator whole, and its negacyclic symmetry is put to work.
+//! Networks with one bootstrap per hidden neuron and consumer (a score, or a neuron of a later
+//! layer): the bootstrap reads a *signed* 5-bit accumulator whole, and its negacyclic symmetry
+//! is put to work.
 //!
 //! A bootstrap reads 5 bits but only chooses 16 table entries: for the upper half it returns
 //! the negated entry, `f(v + 16) = −f(v)`. The cleared design (in `compile.rs`) avoids that half
@@ -22,17 +23,31 @@
 //! bootstrap at all. The accumulator has 5 bits where the cleared design has 8, but only the
 //! kink is read coarsely: the affine part keeps the inputs' full precision.
 //!
-//! Split inference returns, per neuron, `c·a + A'(a) + b'` at the neuron's own scale: a
-//! function of the quantised accumulator alone (for ReLU, a fitted ReLU of it), so the node
-//! sees no more than quantised activations, never the pre-activations.
+//! **Deeper networks.** An activation `α·pre + β + A(a)` is affine in its pre-activation plus
+//! one antiperiodic term, so every later pre-activation and score is an [`Expr`]: affine in the
+//! inputs plus `Σ g_u·A_u(a_u)` over the bootstrapped units `u` before it. A unit of a later
+//! layer builds its accumulator from a dot product of the inputs plus, per earlier unit
+//! feeding it, one bootstrap on that unit's accumulator whose table is `k·g_u·A_u` rounded (an
+//! *edge*). A bootstrap output is an exact integer at encoding 5, and up to [`edge_budget`] of
+//! them (39 with Veil's parameters) summed are still read within 2^-128; past that the weakest
+//! edges are left out and the fit absorbs what they carried. A layer-2 neuron's activation
+//! passes `α` times its pre-activation on, so first-layer units also reach later layers and
+//! the scores directly. Cost: one bootstrap per (unit, consumer) pair whose table is not zero.
+//!
+//! Split inference returns, per first-layer neuron, `c·a + A'(a) + b'` at the neuron's own scale: a
+//! function of the quantised accumulator alone (for ReLU, a fitted ReLU of it), so the node sees
+//! quantised activations, not the pre-activations. A neuron that is affine over the calibration
+//! range, or whose integer weights all round to zero, returns the main circuit's affine activation
+//! of the inputs instead: for an always-on ReLU that is what the float network shows too; for a
+//! weight-less one it is a linear image of the input the node then sees.
 
 use super::{
     CompileOptions, CompiledModel, LABEL_TOLERANCE, Quantiser, Split, inputs, one_hidden_layer,
     plan_outputs, quantised_first_layer, widest_output,
 };
 use crate::FheError;
-use crate::circuit::{Circuit, LUT_BITS, LUT_SIZE, MAX_BITS, Op, ValueId};
-use crate::model::{Activation, Head, Network};
+use crate::circuit::{Circuit, LUT_BITS, LUT_SIZE, MAX_BITS, Op, ValueId, lut_apply};
+use crate::model::{Activation, Dense, Head, Network};
 use crate::noise::Params;
 
 /// The accumulator holds `[−HALF, HALF)`.
@@ -40,6 +55,13 @@ const HALF: i64 = LUT_SIZE as i64;
 
 /// Most input bits this design takes (the affine part reads the inputs at full precision).
 const MAX_INPUT_BITS: u32 = 8;
+
+/// Accumulator scales tried per neuron (from the widest that fits the calibration range down,
+/// 2% apart): the rounding of small integer weights makes a coarser scale fit better at times.
+const SCALES_TRIED: usize = 24;
+
+/// Coordinate-descent passes over a neuron's integer weights.
+const REFINE_PASSES: usize = 6;
 
 /// Widest encoding tried for the leveled (affine) output.
 const WIDEST_LINEAR: u32 = 30;
@@ -128,11 +150,14 @@ pub(super) fn fit_odd(rows: &[(f64, i64, f64)], fixed_alpha: Option<f64>) -> Odd
 enum Neuron {
     /// Affine over the calibration range: `α·pre + β`, no bootstrap.
     Affine { alpha: f64, beta: f64 },
-    /// Integer weights and bias of the accumulator (pre-activation times `k`), the fit of the
-    /// activation against the float pre-activation (main circuit) and against `a / k` (split).
+    /// Its accumulator (pre-activation times `k`): integer weights on the inputs, a bias, and
+    /// per earlier unit feeding it one bootstrap (`edges`: the unit and the table on its
+    /// accumulator); the fit of the activation against the pre-activation (main circuit) and
+    /// against `a / k` (split).
     Odd {
         weights: Vec<i64>,
         bias: i64,
+        edges: Vec<(usize, Vec<i64>)>,
         k: f64,
         main: Box<OddFit>,
         split: Box<OddFit>,
@@ -140,15 +165,68 @@ enum Neuron {
 }
 
 impl Neuron {
-    /// An odd neuron whose integer weights all rounded to zero: its accumulator is the known
-    /// constant `bias`, so its bootstrap would compute a constant. It is folded into the affine
-    /// part instead.
+    /// An odd neuron whose integer weights all rounded to zero and that no earlier unit feeds:
+    /// its accumulator is the known constant `bias`, so its bootstrap would compute a
+    /// constant. It is folded into the affine part instead.
     fn constant(&self) -> Option<i64> {
         match self {
-            Neuron::Odd { weights, bias, .. } if weights.iter().all(|w| *w == 0) => Some(*bias),
+            Neuron::Odd {
+                weights,
+                bias,
+                edges,
+                ..
+            } if edges.is_empty() && weights.iter().all(|w| *w == 0) => Some(*bias),
             _ => None,
         }
     }
+}
+
+/// A pre-activation or score as the circuit computes it: affine in the quantised inputs
+/// (`x`, `c`) plus `Σ g[u]·A_u(a_u)` over the bootstrapped units before it. Every activation
+/// `α·pre + β + A(a)` is again of this form, so it carries through any number of layers.
+#[derive(Debug, Clone, Default)]
+struct Expr {
+    x: Vec<f64>,
+    c: f64,
+    g: Vec<f64>,
+}
+
+impl Expr {
+    /// `self += s·other`.
+    fn add_scaled(&mut self, other: &Expr, s: f64) {
+        if self.x.len() < other.x.len() {
+            self.x.resize(other.x.len(), 0.0);
+        }
+        if self.g.len() < other.g.len() {
+            self.g.resize(other.g.len(), 0.0);
+        }
+        for (a, b) in self.x.iter_mut().zip(&other.x) {
+            *a += s * b;
+        }
+        for (a, b) in self.g.iter_mut().zip(&other.g) {
+            *a += s * b;
+        }
+        self.c += s * other.c;
+    }
+
+    /// The value on calibration row `r` (quantised inputs `x`).
+    fn eval(&self, x: &[f64], units: &[Planned], r: usize) -> f64 {
+        let lin: f64 = self.x.iter().zip(x).map(|(w, v)| w * v).sum();
+        let odd: f64 = self
+            .g
+            .iter()
+            .zip(units)
+            .filter(|(g, _)| **g != 0.0)
+            .map(|(g, u)| g * u.fit.odd(u.acc[r]))
+            .sum();
+        lin + self.c + odd
+    }
+}
+
+/// A bootstrapped unit as planning sees it: its fit and its accumulator on every calibration row.
+struct Planned {
+    fit: OddFit,
+    acc: Vec<i64>,
 }
 
 /// Affine least squares of `ys` on `xs`, and the largest residual.
@@ -170,15 +248,35 @@ fn affine_fit(xs: &[f64], ys: &[f64]) -> (f64, f64, f64) {
     (alpha, beta, worst)
 }
 
-/// Chooses how neuron `j` is computed from its calibration pre-activations `pre` (float, on
-/// quantised inputs `qrows`).
+/// Most bootstrap outputs one accumulator may add up and still be read by a bootstrap within
+/// the failure bound (half a bootstrap's variance is left for the inputs' share).
+fn edge_budget(params: &Params) -> usize {
+    (1..=1024usize)
+        .take_while(|&n| {
+            params.log2_p_fail_pbs((n as f64 + 0.5) * params.var_pbs) <= params.max_log2_p_fail
+        })
+        .last()
+        .unwrap_or(0)
+}
+
+/// Chooses how a neuron with pre-activation `e` is computed, from its values on the
+/// calibration rows (quantised inputs `qrows`, earlier units `units`); returns the neuron and,
+/// for an odd one, its accumulator on every row. An accumulator takes at most `budget` edges:
+/// beyond that the weakest are left out (the fit absorbs what they carried). With `refine`,
+/// weights from [`refine_weights`] are tried beside the rounded ones.
 fn plan_neuron(
-    w: &[f64],
-    b: f64,
+    e: &Expr,
     act: Activation,
     qrows: &[Vec<f64>],
-    pre: &[f64],
-) -> Result<Neuron, FheError> {
+    units: &[Planned],
+    budget: usize,
+    refine: bool,
+) -> Result<(Neuron, Vec<i64>), FheError> {
+    let pre: Vec<f64> = qrows
+        .iter()
+        .enumerate()
+        .map(|(r, x)| e.eval(x, units, r))
+        .collect();
     let (lo, hi) = pre
         .iter()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| {
@@ -195,24 +293,74 @@ fn plan_neuron(
     let (alpha, beta, worst) = affine_fit(&xs, &ys);
     let span = ys.iter().fold(0.0f64, |m, y| m.max(y.abs())).max(1e-12);
     if worst <= 1e-9 * span {
-        return Ok(Neuron::Affine { alpha, beta });
+        return Ok((Neuron::Affine { alpha, beta }, vec![]));
     }
     let m = (lo - pad).abs().max((hi + pad).abs()).max(1e-12);
     let mut k = (HALF as f64 - 0.5) / m;
+    // (squared error on the calibration rows, neuron, accumulators) of the best scale so far.
+    let mut best: Option<(f64, Neuron, Vec<i64>)> = None;
+    let mut fitting = 0;
     for _ in 0..200 {
-        let weights: Vec<i64> = w.iter().map(|v| (v * k).round() as i64).collect();
-        let bias = (b * k).round() as i64;
-        let acc: Vec<i64> = qrows
-            .iter()
+        if fitting == SCALES_TRIED {
+            break;
+        }
+        let weights: Vec<i64> = e.x.iter().map(|v| (v * k).round() as i64).collect();
+        let bias = (e.c * k).round() as i64;
+        let mut edges: Vec<(usize, Vec<i64>)> =
+            e.g.iter()
+                .enumerate()
+                .filter(|(_, g)| **g != 0.0)
+                .map(|(u, g)| {
+                    let table = units[u].fit.table.iter();
+                    (u, table.map(|t| (t * g * k).round() as i64).collect())
+                })
+                .filter(|(_, t): &(usize, Vec<i64>)| t.iter().any(|v| *v != 0))
+                .collect();
+        if edges.len() > budget {
+            let strength = |t: &[i64]| t.iter().map(|v| v.unsigned_abs()).max().unwrap_or(0);
+            edges.sort_by_key(|(_, t)| std::cmp::Reverse(strength(t)));
+            edges.truncate(budget);
+            edges.sort_by_key(|(u, _)| *u);
+        }
+        // What the edges bring, unwrapped (every table read at full width), so the range
+        // check sees the true sum; the circuit computes it modulo 32, which agrees when it fits.
+        let fed: Vec<i64> = (0..qrows.len())
             .map(|r| {
-                r.iter()
-                    .zip(&weights)
-                    .map(|(x, w)| *x as i64 * w)
-                    .sum::<i64>()
-                    + bias
+                edges
+                    .iter()
+                    .map(|(u, t)| lut_apply(t, units[*u].acc[r], MAX_BITS))
+                    .sum()
             })
             .collect();
-        if acc.iter().all(|a| (-HALF..HALF).contains(a)) {
+        let target: Vec<f64> = pre
+            .iter()
+            .zip(&fed)
+            .map(|(p, f)| k * p - *f as f64)
+            .collect();
+        // The rounded weights and, if asked, the refined ones: the fit error decides.
+        let rounded = (weights, bias);
+        let mut variants = vec![rounded.clone()];
+        if refine {
+            let mut refined = rounded.clone();
+            refine_weights(qrows, &target, &mut refined.0, &mut refined.1);
+            if refined != rounded {
+                variants.push(refined);
+            }
+        }
+        let mut fits = false;
+        for (weights, bias) in variants {
+            let acc: Vec<i64> = qrows
+                .iter()
+                .zip(&fed)
+                .map(|(x, f)| {
+                    let lin: i64 = x.iter().zip(&weights).map(|(v, w)| *v as i64 * w).sum();
+                    lin + bias + f
+                })
+                .collect();
+            if !acc.iter().all(|a| (-HALF..HALF).contains(a)) {
+                continue;
+            }
+            fits = true;
             // Every accumulator value once on the grid (keeps all 16 entries defined), and
             // every calibration row.
             let grid = (-HALF..HALF).map(|v| {
@@ -223,202 +371,405 @@ fn plan_neuron(
                 .clone()
                 .chain(pre.iter().zip(&acc).map(|(p, a)| (*p, *a, act.apply(*p))))
                 .collect();
-            let split_rows: Vec<(f64, i64, f64)> = grid
-                .chain(
-                    pre.iter()
-                        .zip(&acc)
-                        .map(|(p, a)| (*a as f64 / k, *a, act.apply(*p))),
-                )
-                .collect();
-            return Ok(Neuron::Odd {
-                weights,
-                bias,
-                k,
-                main: Box::new(fit_odd(&main_rows, None)),
-                split: Box::new(fit_odd(&split_rows, None)),
-            });
+            let main = fit_odd(&main_rows, None);
+            let error: f64 = pre
+                .iter()
+                .zip(&acc)
+                .map(|(p, a)| (main.value(*p, *a) - act.apply(*p)).powi(2))
+                .sum();
+            if best.as_ref().is_none_or(|(b, _, _)| error < *b) {
+                let split_rows: Vec<(f64, i64, f64)> = grid
+                    .chain(
+                        pre.iter()
+                            .zip(&acc)
+                            .map(|(p, a)| (*a as f64 / k, *a, act.apply(*p))),
+                    )
+                    .collect();
+                let neuron = Neuron::Odd {
+                    weights,
+                    bias,
+                    edges: edges.clone(),
+                    k,
+                    main: Box::new(main),
+                    split: Box::new(fit_odd(&split_rows, None)),
+                };
+                best = Some((error, neuron, acc));
+            }
         }
+        fitting += usize::from(fits);
         k *= 0.98;
     }
-    Err(FheError::Unsupported(
-        "a hidden neuron's calibration range does not fit a 5-bit accumulator".into(),
-    ))
+    best.map(|(_, neuron, acc)| (neuron, acc)).ok_or_else(|| {
+        FheError::Unsupported(
+            "a hidden neuron's calibration range does not fit a 5-bit accumulator".into(),
+        )
+    })
 }
 
-/// Compiles a one-hidden-layer network with one bootstrap per (non-affine) neuron and score.
-pub(super) fn negacyclic_layer(
+/// Integer weights and bias whose dot product with the rows `x` is closest to `target` in
+/// squared error: coordinate descent by ±1 from the rounded weights. Rounding each weight alone
+/// loses much when weights are small integers (30 inputs into 32 accumulator levels); the
+/// inputs are correlated, so other weights can make up for one rounded away.
+fn refine_weights(x: &[Vec<f64>], target: &[f64], weights: &mut [i64], bias: &mut i64) {
+    let n = weights.len();
+    let mut res: Vec<f64> = x
+        .iter()
+        .zip(target)
+        .map(|(r, t)| {
+            let lin: f64 = r
+                .iter()
+                .zip(weights.iter())
+                .map(|(v, w)| v * *w as f64)
+                .sum();
+            lin + *bias as f64 - t
+        })
+        .collect();
+    // Column `i` of the rows, the bias's column (all ones) last.
+    let col = |r: &[f64], i: usize| if i < n { r[i] } else { 1.0 };
+    let sq: Vec<f64> = (0..=n)
+        .map(|i| x.iter().map(|r| col(r, i) * col(r, i)).sum())
+        .collect();
+    for _ in 0..REFINE_PASSES {
+        let mut improved = false;
+        for i in 0..=n {
+            if sq[i] == 0.0 {
+                continue;
+            }
+            let dot: f64 = x.iter().zip(&res).map(|(r, e)| col(r, i) * e).sum();
+            // Squared error changes by 2·d·dot + sq for a step d of ±1.
+            let d = if 2.0 * dot > sq[i] {
+                -1.0
+            } else if -2.0 * dot > sq[i] {
+                1.0
+            } else {
+                continue;
+            };
+            for (r, e) in x.iter().zip(res.iter_mut()) {
+                *e += d * col(r, i);
+            }
+            if i < n {
+                weights[i] += d as i64;
+            } else {
+                *bias += d as i64;
+            }
+            improved = true;
+        }
+        if !improved {
+            break;
+        }
+    }
+}
+
+/// The hidden layers planned front to back.
+struct Plan {
+    /// Per hidden layer, its neurons.
+    layers: Vec<Vec<Neuron>>,
+    /// The bootstrapped units in circuit order, as (layer, neuron), and their fits.
+    units: Vec<(usize, usize)>,
+    fits: Vec<OddFit>,
+    /// Per score, its expression over the inputs and the units.
+    scores: Vec<Expr>,
+}
+
+impl Plan {
+    fn unit(&self, u: usize) -> &Neuron {
+        let (l, j) = self.units[u];
+        &self.layers[l][j]
+    }
+}
+
+/// Plans every hidden layer on the calibration rows: each neuron's pre-activation is an
+/// [`Expr`] of the one before, each activation becomes `α·pre + β (+ A_u)`.
+fn plan_layers(
+    net: &Network,
+    first: &Dense,
+    qrows: &[Vec<f64>],
+    budget: usize,
+    refine: bool,
+) -> Result<Plan, FheError> {
+    let mut pres: Vec<Expr> = first
+        .w
+        .iter()
+        .zip(&first.b)
+        .map(|(w, b)| Expr {
+            x: w.clone(),
+            c: *b,
+            g: vec![],
+        })
+        .collect();
+    let mut planned: Vec<Planned> = vec![];
+    let mut layers = vec![];
+    let mut units = vec![];
+    for (l, next) in net.layers.iter().enumerate().skip(1) {
+        let act = *net
+            .activations
+            .get(l - 1)
+            .ok_or_else(|| FheError::Unsupported("a hidden layer has no activation".into()))?;
+        let mut neurons = vec![];
+        let mut acts = vec![];
+        for (j, e) in pres.iter().enumerate() {
+            let (neuron, acc) = plan_neuron(e, act, qrows, &planned, budget, refine)?;
+            let mut h = Expr::default();
+            match &neuron {
+                Neuron::Affine { alpha, beta } => {
+                    h.add_scaled(e, *alpha);
+                    h.c += beta;
+                }
+                Neuron::Odd { main, .. } => {
+                    h.add_scaled(e, main.alpha);
+                    h.c += main.beta;
+                    match neuron.constant() {
+                        Some(a) => h.c += main.odd(a),
+                        None => {
+                            h.g.resize(planned.len() + 1, 0.0);
+                            h.g[planned.len()] = 1.0;
+                            planned.push(Planned {
+                                fit: (**main).clone(),
+                                acc,
+                            });
+                            units.push((l - 1, j));
+                        }
+                    }
+                }
+            }
+            neurons.push(neuron);
+            acts.push(h);
+        }
+        layers.push(neurons);
+        pres = next
+            .w
+            .iter()
+            .zip(&next.b)
+            .map(|(w, b)| {
+                let mut e = Expr {
+                    c: *b,
+                    ..Expr::default()
+                };
+                for (h, wj) in acts.iter().zip(w) {
+                    e.add_scaled(h, *wj);
+                }
+                e
+            })
+            .collect();
+    }
+    Ok(Plan {
+        layers,
+        units,
+        fits: planned.into_iter().map(|p| p.fit).collect(),
+        scores: pres,
+    })
+}
+
+/// Compiles a network with one bootstrap per (non-affine) neuron and consumer: per score, and
+/// per neuron of a later layer whose accumulator it feeds. `refine`: see [`plan_neuron`]
+/// (better on some networks, worse on others, so the compiler tries both). One candidate per
+/// output cap in `caps`, all from one plan of the hidden layers.
+pub(super) fn negacyclic_network(
     net: &Network,
     calibration: &[Vec<f64>],
     opts: &CompileOptions,
-    cap: usize,
-) -> Result<CompiledModel, FheError> {
+    caps: &[usize],
+    refine: bool,
+) -> Vec<Result<CompiledModel, FheError>> {
     let bits = opts.bits.unwrap_or(4);
     if bits > MAX_INPUT_BITS {
-        return Err(FheError::Input(format!(
+        return vec![Err(FheError::Input(format!(
             "networks take at most {MAX_INPUT_BITS} input bits"
-        )));
+        )))];
     }
     let levels = 1u32 << bits;
     let (qs, l1, qrows) = quantised_first_layer(net, calibration, levels);
-    let l2 = &net.layers[1];
-    let act = net.activations[0];
-    let (h, k_out, n_in) = (l1.n_out(), l2.n_out(), l1.n_in());
-    let neurons = (0..h)
-        .map(|j| {
-            let pre: Vec<f64> = qrows
-                .iter()
-                .map(|r| l1.w[j].iter().zip(r).map(|(w, x)| w * x).sum::<f64>() + l1.b[j])
-                .collect();
-            plan_neuron(&l1.w[j], l1.b[j], act, &qrows, &pre)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let odd: Vec<usize> = (0..h)
-        .filter(|&j| matches!(neurons[j], Neuron::Odd { .. }) && neurons[j].constant().is_none())
-        .collect();
+    let plan = match plan_layers(net, &l1, &qrows, edge_budget(&opts.params), refine) {
+        Ok(p) => p,
+        Err(e) => return vec![Err(e)],
+    };
+    let ready = Ready {
+        plan: &plan,
+        qs: &qs,
+        first: &l1,
+        xmax: f64::from(levels - 1),
+    };
+    caps.iter()
+        .map(|&cap| ready.circuit(net, calibration, opts, cap))
+        .collect()
+}
 
-    // Bootstrap outputs: per score, partial sums planned as in the cleared design.
-    let worst: Vec<Vec<f64>> =
-        l2.w.iter()
-            .map(|w_out| {
-                odd.iter()
-                    .map(|&j| match &neurons[j] {
-                        Neuron::Odd { main, .. } => main
+/// A planned network and its quantised inputs, ready to become circuits.
+struct Ready<'a> {
+    plan: &'a Plan,
+    qs: &'a [Quantiser],
+    first: &'a Dense,
+    /// Largest quantised input level.
+    xmax: f64,
+}
+
+impl Ready<'_> {
+    /// The circuit whose score outputs each sum at most `cap` bootstrap outputs.
+    fn circuit(
+        &self,
+        net: &Network,
+        calibration: &[Vec<f64>],
+        opts: &CompileOptions,
+        cap: usize,
+    ) -> Result<CompiledModel, FheError> {
+        let Ready {
+            plan,
+            qs,
+            first: l1,
+            xmax,
+        } = *self;
+        let (k_out, n_in, n_units) = (plan.scores.len(), l1.n_in(), plan.units.len());
+        let weight = |o: usize, u: usize| plan.scores[o].g.get(u).copied().unwrap_or(0.0);
+
+        // Bootstrap outputs: per score, partial sums planned as in the cleared design.
+        let worst: Vec<Vec<f64>> = (0..k_out)
+            .map(|o| {
+                (0..n_units)
+                    .map(|u| {
+                        let w = weight(o, u);
+                        plan.fits[u]
                             .table
                             .iter()
-                            .fold(0.0f64, |m, t| m.max((t * w_out[j]).abs())),
-                        Neuron::Affine { .. } => 0.0,
+                            .fold(0.0f64, |m, t| m.max((t * w).abs()))
                     })
                     .collect()
             })
             .collect();
-    let (so, po, group_of) = if odd.is_empty() {
-        (1.0, vec![], vec![])
-    } else {
-        let plan = plan_outputs(
-            &vec![1; odd.len()],
-            &worst,
-            &vec![0.0; k_out],
-            cap,
-            &opts.params,
-        )?;
-        (plan.scale, plan.po, plan.group_of)
-    };
+        let (so, po, group_of) = if n_units == 0 {
+            (1.0, vec![], vec![])
+        } else {
+            let p = plan_outputs(
+                &vec![1; n_units],
+                &worst,
+                &vec![0.0; k_out],
+                cap,
+                &opts.params,
+            )?;
+            (p.scale, p.po, p.group_of)
+        };
+        // Per unit and score, the table its bootstrap applies (all zero: no bootstrap).
+        let tables: Vec<Vec<Vec<i64>>> = (0..n_units)
+            .map(|u| {
+                (0..k_out)
+                    .map(|o| {
+                        let w = weight(o, u);
+                        plan.fits[u]
+                            .table
+                            .iter()
+                            .map(|t| (t * w * so).round() as i64)
+                            .collect()
+                    })
+                    .collect()
+            })
+            .collect();
 
-    // The affine parts of all neurons, and the output bias, as one dot product per score.
-    let affine = |j: usize| match &neurons[j] {
-        Neuron::Affine { alpha, beta } => (*alpha, *beta),
-        Neuron::Odd { main, .. } => match neurons[j].constant() {
-            Some(a) => (main.alpha, main.beta + main.odd(a)),
-            None => (main.alpha, main.beta),
-        },
-    };
-    let lin: Vec<(Vec<f64>, f64)> = (0..k_out)
-        .map(|o| {
-            let coef = (0..n_in)
-                .map(|i| {
-                    (0..h)
-                        .map(|j| l2.w[o][j] * affine(j).0 * l1.w[j][i])
-                        .sum::<f64>()
+        let mut first_err = None;
+        // The finest scale for the affine outputs whose circuit still meets the noise bound.
+        for shift in (0..=WIDEST_LINEAR).rev() {
+            let scale = so * f64::from(shift).exp2();
+            let ints: Vec<(Vec<i64>, i64)> = plan
+                .scores
+                .iter()
+                .map(|e| {
+                    let mut x = e.x.clone();
+                    x.resize(n_in, 0.0);
+                    (
+                        x.iter().map(|v| (v * scale).round() as i64).collect(),
+                        (e.c * scale).round() as i64,
+                    )
                 })
                 .collect();
-            let bias = l2.b[o]
-                + (0..h)
-                    .map(|j| l2.w[o][j] * (affine(j).0 * l1.b[j] + affine(j).1))
-                    .sum::<f64>();
-            (coef, bias)
-        })
-        .collect();
-
-    let xmax = f64::from(levels - 1);
-    let mut first_err = None;
-    // The finest scale for the affine outputs whose circuit still meets the noise bound.
-    for shift in (0..=WIDEST_LINEAR).rev() {
-        let scale = so * f64::from(shift).exp2();
-        let ints: Vec<(Vec<i64>, i64)> = lin
-            .iter()
-            .map(|(c, b)| {
-                (
-                    c.iter().map(|v| (v * scale).round() as i64).collect(),
-                    (b * scale).round() as i64,
-                )
-            })
-            .collect();
-        // Bits each affine output needs for its worst case over every quantised input.
-        let p_lin: Vec<u32> = ints
-            .iter()
-            .map(|(c, b)| {
-                let bound = c.iter().map(|v| v.unsigned_abs() as f64).sum::<f64>() * xmax
-                    + b.unsigned_abs() as f64;
-                (2..=MAX_BITS)
-                    .find(|&p| bound < (1u64 << (p - 1)) as f64)
-                    .unwrap_or(MAX_BITS + 1)
-            })
-            .collect();
-        if p_lin.iter().any(|&p| p > WIDEST_LINEAR) {
-            continue;
-        }
-        let built = build(
-            &neurons, &odd, l2, &ints, &p_lin, shift, so, &po, &group_of, n_in,
-        );
-        let (circuit, output_shifts) = match built {
-            Ok(b) => b,
-            Err(e) => {
+            // Bits each affine output needs for its worst case over every quantised input.
+            let p_lin: Vec<u32> = ints
+                .iter()
+                .map(|(c, b)| {
+                    let bound = c.iter().map(|v| v.unsigned_abs() as f64).sum::<f64>() * xmax
+                        + b.unsigned_abs() as f64;
+                    (2..=MAX_BITS)
+                        .find(|&p| bound < (1u64 << (p - 1)) as f64)
+                        .unwrap_or(MAX_BITS + 1)
+                })
+                .collect();
+            if p_lin.iter().any(|&p| p > WIDEST_LINEAR) {
+                continue;
+            }
+            let built = build(plan, &tables, &ints, &p_lin, shift, &po, &group_of, n_in);
+            let (circuit, output_shifts) = match built {
+                Ok(b) => b,
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                    continue;
+                }
+            };
+            if let Err(e) = circuit.check_noise(&opts.params) {
                 first_err.get_or_insert(e);
                 continue;
             }
-        };
-        if circuit.check_noise(&opts.params).is_err() {
-            continue;
+            let p_in = circuit
+                .input_encodings()
+                .first()
+                .copied()
+                .unwrap_or(LUT_BITS);
+            let ours = split_circuit(&plan.layers[0], &l1.w, &l1.b, xmax, p_in, &opts.params)
+                .map(|(c, scales)| Split {
+                    layers: 1,
+                    circuit: c,
+                    activation_scale: 1.0,
+                    activation_scales: scales,
+                    rest: Network {
+                        layers: net.layers[1..].to_vec(),
+                        activations: net.activations[1..].to_vec(),
+                        head: net.head.clone(),
+                    },
+                })
+                .ok();
+            let split = choose_split(net, calibration, opts, cap, qs, p_in, ours);
+            let widths: Vec<String> = plan.layers.iter().map(|l| l.len().to_string()).collect();
+            let mut acts: Vec<String> = net.activations.iter().map(|a| format!("{a:?}")).collect();
+            acts.dedup();
+            return Ok(CompiledModel {
+                outputs_per_score: po.len() + 1,
+                circuit,
+                quantisers: qs.to_vec(),
+                output_scale: so,
+                head: net.head.clone(),
+                kind: format!(
+                    "network {}×{} {}",
+                    plan.layers.len(),
+                    widths.join("-"),
+                    acts.join("/")
+                )
+                .to_lowercase(),
+                params: opts.params,
+                log2_p_fail: 0.0,
+                split,
+                output_shifts,
+            });
         }
-        let p_in = circuit
-            .input_encodings()
-            .first()
-            .copied()
-            .unwrap_or(LUT_BITS);
-        let ours = split_circuit(&neurons, &l1.w, &l1.b, xmax, p_in, &opts.params)
-            .map(|(c, scales)| Split {
-                layers: 1,
-                circuit: c,
-                activation_scale: 1.0,
-                activation_scales: scales,
-                rest: Network {
-                    layers: vec![l2.clone()],
-                    activations: vec![],
-                    head: net.head.clone(),
-                },
-            })
-            .ok();
-        let split = choose_split(net, calibration, opts, cap, &qs, p_in, ours);
-        return Ok(CompiledModel {
-            outputs_per_score: po.len() + 1,
-            circuit,
-            quantisers: qs,
-            output_scale: so,
-            head: net.head.clone(),
-            kind: format!("network 1×{h} {act:?}").to_lowercase(),
-            params: opts.params,
-            log2_p_fail: 0.0,
-            split,
-            output_shifts,
-        });
+        Err(first_err.unwrap_or_else(|| {
+            FheError::Unsupported(
+                "the network's affine part is too wide for the noise budget".into(),
+            )
+        }))
     }
-    Err(first_err.unwrap_or_else(|| {
-        FheError::Unsupported("the network's affine part is too wide for the noise budget".into())
-    }))
 }
 
 /// `Σ cᵢ·inputᵢ + bias` at encoding `p`, zero coefficients left out.
 fn dot(ins: &[ValueId], coef: impl IntoIterator<Item = i64>, bias: i64, p: u32) -> Op {
     Op::Linear {
-        terms: ins
-            .iter()
-            .copied()
-            .zip(coef)
-            .filter(|(_, c)| *c != 0)
-            .collect(),
+        terms: dot_terms(ins, coef),
         bias,
         p,
     }
+}
+
+/// The non-zero `(input, coefficient)` terms of a dot product.
+fn dot_terms(ins: &[ValueId], coef: impl IntoIterator<Item = i64>) -> Vec<(ValueId, i64)> {
+    ins.iter()
+        .copied()
+        .zip(coef)
+        .filter(|(_, c)| *c != 0)
+        .collect()
 }
 
 /// Split inference reveals activations to the node, so they must be functions of the quantised
@@ -435,8 +786,10 @@ fn choose_split(
     p_in: u32,
     ours: Option<Split>,
 ) -> Option<Split> {
-    let cleared = one_hidden_layer(net, calibration, opts, cap)
-        .ok()
+    // The cleared design has one hidden layer only.
+    let cleared = (net.layers.len() == 2)
+        .then(|| one_hidden_layer(net, calibration, opts, cap).ok())
+        .flatten()
         .and_then(|c| c.split)
         .map(|mut s| {
             // The cleared split reads the same quantised inputs, encrypted wider here.
@@ -490,17 +843,16 @@ fn split_fidelity(net: &Network, calibration: &[Vec<f64>], qs: &[Quantiser], s: 
     }
 }
 
-/// The main circuit: inputs at the widest affine encoding, per odd neuron its accumulator and
-/// one bootstrap per score, per score the partial sums then the affine output.
+/// The main circuit: inputs at the widest affine encoding; per unit, the bootstraps of the
+/// earlier units feeding it, its accumulator, and one bootstrap per score it reaches; per
+/// score the partial sums then the affine output.
 #[allow(clippy::too_many_arguments)]
 fn build(
-    neurons: &[Neuron],
-    odd: &[usize],
-    l2: &crate::model::Dense,
+    plan: &Plan,
+    tables: &[Vec<Vec<i64>>],
     lin: &[(Vec<i64>, i64)],
     p_lin: &[u32],
     shift: u32,
-    so: f64,
     po: &[u32],
     group_of: &[usize],
     n_in: usize,
@@ -508,29 +860,46 @@ fn build(
     let p_in = p_lin.iter().copied().fold(LUT_BITS, u32::max);
     let mut ops = vec![];
     let ins = inputs(&mut ops, n_in, p_in);
-    let k_out = l2.n_out();
+    let k_out = lin.len();
     let mut sums: Vec<Vec<Vec<ValueId>>> = vec![vec![vec![]; po.len()]; k_out];
-    for (u, &j) in odd.iter().enumerate() {
+    let mut acc_of: Vec<ValueId> = Vec::with_capacity(plan.units.len());
+    for u in 0..plan.units.len() {
         let Neuron::Odd {
             weights,
             bias,
-            main,
+            edges,
             ..
-        } = &neurons[j]
+        } = plan.unit(u)
         else {
-            continue;
+            return Err(FheError::Circuit(
+                "a unit is not a bootstrapped neuron".into(),
+            ));
         };
-        ops.push(dot(&ins, weights.iter().copied(), *bias, LUT_BITS));
-        let acc = ops.len() - 1;
-        for (o, w_out) in l2.w.iter().enumerate() {
+        let mut fed = vec![];
+        for (from, table) in edges {
+            ops.push(Op::Lut {
+                input: acc_of[*from],
+                table: table.clone(),
+                p: LUT_BITS,
+            });
+            fed.push((ops.len() - 1, 1));
+        }
+        let mut terms = dot_terms(&ins, weights.iter().copied());
+        terms.extend(fed);
+        ops.push(Op::Linear {
+            terms,
+            bias: *bias,
+            p: LUT_BITS,
+        });
+        acc_of.push(ops.len() - 1);
+        for (o, table) in tables[u].iter().enumerate() {
+            if table.iter().all(|t| *t == 0) {
+                continue;
+            }
             let g = group_of[u];
             ops.push(Op::Lut {
-                input: acc,
-                table: main
-                    .table
-                    .iter()
-                    .map(|t| (t * w_out[j] * so).round() as i64)
-                    .collect(),
+                input: acc_of[u],
+                table: table.clone(),
                 p: po[g],
             });
             sums[o][g].push(ops.len() - 1);
@@ -583,8 +952,17 @@ fn split_circuit(
     let mut outputs = vec![];
     let mut scales = vec![];
     for (j, neuron) in neurons.iter().enumerate() {
-        match neuron {
-            Neuron::Affine { alpha, beta } => {
+        // Affine over the calibration range, or an accumulator whose weights all rounded to
+        // zero: the main circuit's affine activation of the inputs (a constant accumulator
+        // alone would lose the neuron).
+        let affine = match neuron {
+            Neuron::Affine { alpha, beta } => Some((*alpha, *beta)),
+            Neuron::Odd { main, .. } => neuron
+                .constant()
+                .map(|a| (main.alpha, main.beta + main.odd(a))),
+        };
+        match (neuron, affine) {
+            (_, Some((alpha, beta))) => {
                 // Worst case over every quantised input (levels 0 to xmax).
                 let bound = w[j].iter().map(|v| (alpha * v).abs() * xmax).sum::<f64>()
                     + (alpha * b[j] + beta).abs();
@@ -607,26 +985,19 @@ fn split_circuit(
                 outputs.push(ops.len() - 1);
                 scales.push(sa);
             }
-            Neuron::Odd { k, split, .. } if neuron.constant().is_some() => {
-                // A constant accumulator: a constant activation, no bootstrap.
-                let a = neuron.constant().unwrap_or(0);
-                let v = split.value(a as f64 / k, a);
-                let sa = (room - 1.0) / v.abs().max(1e-12);
-                ops.push(Op::Linear {
-                    terms: vec![],
-                    bias: (v * sa).round() as i64,
-                    p: pa,
-                });
-                outputs.push(ops.len() - 1);
-                scales.push(sa);
+            (Neuron::Affine { .. }, None) => {
+                return Err(FheError::Circuit("an affine neuron without its fit".into()));
             }
-            Neuron::Odd {
-                weights,
-                bias,
-                k,
-                split,
-                ..
-            } => {
+            (
+                Neuron::Odd {
+                    weights,
+                    bias,
+                    k,
+                    split,
+                    ..
+                },
+                None,
+            ) => {
                 let (c, sa, fit) = odd_activation(*k, split, room)?;
                 ops.push(dot(&ins, weights.iter().copied(), *bias, LUT_BITS));
                 let acc = ops.len() - 1;
@@ -713,7 +1084,6 @@ fn fit_again(fit: &OddFit, k: f64, alpha: f64) -> OddFit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Dense, Head};
 
     /// `relu(x) = x/2 + 4/k + A(a)` with `A` antiperiodic: the fit finds it exactly.
     #[test]
@@ -760,16 +1130,8 @@ mod tests {
         // On the 3-bit input grid, so the only error is the circuit's. (At 5 bits a two-input
         // neuron's integer weights would round to nothing in a 5-bit accumulator; the compiler
         // tries every width and keeps the faithful ones.)
-        let calibration: Vec<Vec<f64>> = (0..=7)
-            .flat_map(|i| (0..=7).map(move |j| vec![f64::from(i) / 7.0, f64::from(j) / 7.0]))
-            .collect();
-        let opts = CompileOptions {
-            bits: Some(3),
-            ..CompileOptions::default()
-        };
-        let c = negacyclic_layer(&net, &calibration, &opts, usize::MAX).expect("compile");
-        c.circuit.validate().expect("valid");
-        c.circuit.check_noise(&opts.params).expect("noise");
+        let calibration = grid();
+        let (c, _) = compile_on_grid(&net);
         assert_eq!(c.circuit.pbs_count(), 1);
         assert_eq!(c.outputs_per_score, 2);
         assert_eq!(c.output_shifts.len(), 2);
@@ -789,5 +1151,143 @@ mod tests {
         // the fit absorbs on the main circuit; split activations are functions of it alone.
         assert!(score_err < 0.1, "{score_err}");
         assert!(act_err < 0.15, "{act_err}");
+    }
+
+    /// The 3-bit grid over two inputs in [0, 1].
+    fn grid() -> Vec<Vec<f64>> {
+        (0..=7)
+            .flat_map(|i| (0..=7).map(move |j| vec![f64::from(i) / 7.0, f64::from(j) / 7.0]))
+            .collect()
+    }
+
+    /// Per accumulator (a linear op read at the bootstrap width), the bootstrap outputs it adds:
+    /// non-zero for a unit of a later layer.
+    fn fed_per_accumulator(c: &Circuit) -> Vec<usize> {
+        c.ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Linear { terms, p, .. } if *p == LUT_BITS => Some(
+                    terms
+                        .iter()
+                        .filter(|(id, _)| matches!(c.ops[*id], Op::Lut { .. }))
+                        .count(),
+                ),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Compiles `net` on the 3-bit grid in one candidate (all outputs in one sum, refined
+    /// weights tried) and checks its structure and noise.
+    fn compile_on_grid(net: &Network) -> (CompiledModel, CompileOptions) {
+        let opts = CompileOptions {
+            bits: Some(3),
+            ..CompileOptions::default()
+        };
+        let c = negacyclic_network(net, &grid(), &opts, &[usize::MAX], true)
+            .remove(0)
+            .expect("compile");
+        c.circuit.validate().expect("valid");
+        c.circuit.check_noise(&opts.params).expect("noise");
+        (c, opts)
+    }
+
+    /// Two hidden layers: a second-layer accumulator adds one bootstrap per first-layer unit
+    /// feeding it, and the scores follow the float network; split inference finishes the two
+    /// remaining layers in plaintext.
+    #[test]
+    fn a_second_hidden_layer_is_fed_by_one_bootstrap_per_unit() {
+        let net = Network {
+            layers: vec![
+                Dense {
+                    w: vec![vec![1.0, -1.0], vec![2.0, 1.0], vec![-1.0, -2.0]],
+                    b: vec![0.0, -1.5, 1.5],
+                },
+                Dense {
+                    w: vec![vec![1.0, -0.5, 2.0], vec![-1.0, 1.0, 0.5]],
+                    b: vec![-0.75, 0.25],
+                },
+                Dense {
+                    w: vec![vec![1.5, -2.0]],
+                    b: vec![0.1],
+                },
+            ],
+            activations: vec![Activation::Relu, Activation::Relu],
+            head: Head::Binary {
+                classes: ["no".into(), "yes".into()],
+            },
+        };
+        let calibration = grid();
+        let (c, _) = compile_on_grid(&net);
+        assert_eq!(c.kind, "network 2×3-2 relu");
+        let fed = fed_per_accumulator(&c.circuit);
+        assert!(fed.iter().any(|n| *n > 0), "{:?}", c.circuit);
+        let scores: Vec<f64> = calibration.iter().map(|r| net.scores(r)[0]).collect();
+        let span = scores.iter().fold(0.0f64, |m, s| m.max(s.abs()));
+        let mut err = 0.0f64;
+        for (r, float) in calibration.iter().zip(&scores) {
+            err = err.max((c.scores(&c.simulate(r).expect("sim"))[0] - float).abs());
+        }
+        eprintln!("{} PBS, worst error {err} of {span}", c.circuit.pbs_count());
+        assert!(err < 0.1 * span, "{err} of {span}");
+        let split = c.split.as_ref().expect("split");
+        assert_eq!(split.rest.layers.len(), 2);
+        let mut split_err = 0.0f64;
+        for (r, float) in calibration.iter().zip(&scores) {
+            let acts = split.circuit.simulate(&c.quantise(r).expect("quantise"));
+            split_err = split_err.max((split.finish(&acts).expect("finish")[0] - float).abs());
+        }
+        assert!(split_err < 0.1 * span, "{split_err} of {span}");
+    }
+
+    /// Sixty first-layer units feeding one accumulator would exceed the noise bound: the
+    /// weakest edges are left out and the circuit still passes the noise check.
+    #[test]
+    fn a_wide_layer_feeds_an_accumulator_within_the_noise_budget() {
+        let h = 60;
+        let first = Dense {
+            w: (0..h)
+                .map(|j| {
+                    let t = f64::from(j) * 0.37;
+                    vec![t.cos(), t.sin()]
+                })
+                .collect(),
+            // Every neuron changes side at the centre of the grid.
+            b: (0..h)
+                .map(|j| {
+                    let t = f64::from(j) * 0.37;
+                    -0.5 * (t.cos() + t.sin())
+                })
+                .collect(),
+        };
+        let net = Network {
+            layers: vec![
+                first,
+                Dense {
+                    // Alternating signs: strong edges, a narrow sum.
+                    w: vec![
+                        (0..h)
+                            .map(|j| if j % 2 == 0 { 1.0 } else { -1.0 })
+                            .collect(),
+                    ],
+                    b: vec![0.0],
+                },
+                Dense {
+                    w: vec![vec![1.0]],
+                    b: vec![0.0],
+                },
+            ],
+            activations: vec![Activation::Relu, Activation::Relu],
+            head: Head::Regression,
+        };
+        let (c, opts) = compile_on_grid(&net);
+        let budget = edge_budget(&opts.params);
+        eprintln!("edge budget {budget}");
+        assert!((30..h as usize).contains(&budget), "{budget}");
+        let widest = fed_per_accumulator(&c.circuit)
+            .into_iter()
+            .max()
+            .unwrap_or(0);
+        assert_eq!(widest, budget);
     }
 }
