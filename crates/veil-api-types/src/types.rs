@@ -531,8 +531,11 @@ pub struct FheInfoView {
     pub n_features: usize,
     /// Output ciphertexts per sample (a score may come back as several partial sums).
     pub n_outputs: usize,
-    /// Widest input encoding in bits.
+    /// Widest input encoding in bits (the ciphertext's, not the quantisation's).
     pub input_bits: u32,
+    /// Most distinct values any feature is quantised to (`2^bits` for `--bits`).
+    #[serde(default)]
+    pub input_levels: u32,
     /// Classifiers: share of calibration rows where the circuit's label equals the float model's.
     pub label_agreement: Option<f64>,
     /// Regressors: mean absolute difference from the float model on the calibration rows.

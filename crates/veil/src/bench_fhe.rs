@@ -62,6 +62,13 @@ const CASES: &[Case] = &[
         bits: Some(4),
     },
     Case {
+        name: "breast-cancer MLP 30-16-8-1",
+        model: fixture!("models/breast_cancer_mlp16x8.onnx"),
+        train: fixture!("data/breast_cancer_train.csv"),
+        test: fixture!("data/breast_cancer_test.csv"),
+        bits: None,
+    },
+    Case {
         name: "breast-cancer RF 10×d4",
         model: fixture!("models/breast_cancer_rf.onnx"),
         train: fixture!("data/breast_cancer_train.csv"),

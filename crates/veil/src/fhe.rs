@@ -32,9 +32,19 @@ pub fn describe(f: &FheInfoView) -> String {
         (_, Some(e)) => format!("mean absolute difference {e:.4} from the float model"),
         _ => String::new(),
     };
+    // Quantisation bits: enough for the most levels any feature takes (a node that does not
+    // report levels gets the encoding alone).
+    let inputs = match f.input_levels {
+        0 => format!("inputs encrypted at {} bits", f.input_bits),
+        levels => format!(
+            "{}-bit inputs (encrypted at {} bits)",
+            u32::BITS - (levels - 1).leading_zeros(),
+            f.input_bits
+        ),
+    };
     format!(
-        "{}: {} PBS per sample, {}-bit inputs, {fit}",
-        f.kind, f.pbs_per_sample, f.input_bits
+        "{}: {} PBS per sample, {inputs}, {fit}",
+        f.kind, f.pbs_per_sample
     )
 }
 
@@ -623,5 +633,38 @@ pub async fn run(cmd: FheCmd, g: &Global, client: impl Fn() -> Result<Client>) -
             print_predictions(&preds, json)?;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(input_levels: u32) -> FheInfoView {
+        FheInfoView {
+            kind: "network 2×16-8 relu".into(),
+            pbs_per_sample: 21,
+            n_features: 30,
+            n_outputs: 2,
+            input_bits: 24,
+            input_levels,
+            label_agreement: Some(0.988),
+            mean_abs_error: None,
+            calibration_rows: 341,
+            log2_p_fail: -132.1,
+        }
+    }
+
+    /// The summary names the quantisation's bits, not the ciphertext encoding's, as the width.
+    #[test]
+    fn the_summary_names_quantisation_bits_and_encoding_apart() {
+        assert_eq!(
+            describe(&info(32)),
+            "network 2×16-8 relu: 21 PBS per sample, 5-bit inputs (encrypted at 24 bits), labels \
+             agree with the float model on 98.8% of calibration rows"
+        );
+        assert!(describe(&info(16)).contains("4-bit inputs"));
+        assert!(describe(&info(17)).contains("5-bit inputs"));
+        assert!(describe(&info(0)).contains("21 PBS per sample, inputs encrypted at 24 bits,"));
     }
 }

@@ -25,6 +25,12 @@ pub(crate) fn info_view(s: &FheSummary) -> FheInfoView {
         n_features: spec.n_features(),
         n_outputs: spec.output_bits.len(),
         input_bits: spec.input_bits.iter().copied().max().unwrap_or(0),
+        input_levels: spec
+            .quantisers
+            .iter()
+            .map(|q| q.levels())
+            .max()
+            .unwrap_or(0),
         label_agreement: spec.fidelity.label_agreement,
         mean_abs_error: spec.fidelity.mean_abs_error,
         calibration_rows: s.calibration_rows,
