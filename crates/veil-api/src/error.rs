@@ -153,4 +153,28 @@ pub(crate) async fn timeout_body(req: Request, next: Next) -> Response {
     resp
 }
 
+/// Asks an HTTP/1 client to drop the connection after an error answer to a request that
+/// carried a body.
+///
+/// Handlers that stream their body (model and dataset uploads) may answer `forbidden` or
+/// `payload_too_large` before reading it; hyper then closes the connection to discard the
+/// unread bytes. Without `Connection: close` the client has already put that connection back in
+/// its pool, and its next request on it fails with a broken pipe.
+pub(crate) async fn close_after_error_with_body(req: Request, next: Next) -> Response {
+    let has_body = req.headers().contains_key(http::header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    let http1 = req.version() <= http::Version::HTTP_11;
+    let mut resp = next.run(req).await;
+    if has_body && http1 && (resp.status().is_client_error() || resp.status().is_server_error()) {
+        resp.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
+    resp
+}
+
 pub type ApiResult<T> = Result<T, ApiError>;

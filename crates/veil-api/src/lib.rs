@@ -116,6 +116,7 @@ pub fn router(core: Arc<Core>, config: &ApiConfig) -> Router {
             config.request_timeout,
         ))
         .layer(axum::middleware::from_fn(error::timeout_body))
+        .layer(axum::middleware::from_fn(error::close_after_error_with_body))
         .layer(cors)
         .layer(SetResponseHeaderLayer::overriding(
             header::X_CONTENT_TYPE_OPTIONS,

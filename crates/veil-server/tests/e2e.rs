@@ -469,6 +469,55 @@ async fn cors_allows_only_the_configured_origin() {
     assert!(other.headers().get("access-control-allow-origin").is_none());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_answer_to_a_body_closes_the_connection() {
+    // An upload refused before its body is read leaves unread bytes that make the server drop
+    // the connection; the answer must say so, or the client's next request on that pooled
+    // connection fails with a broken pipe.
+    let node = TestNode::start(Backend::Sqlite).await;
+    let http = reqwest_client();
+    let connection = |resp: &reqwest::Response| {
+        resp.headers()
+            .get("connection")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let refused = http
+        .put(format!("{}/api/v1/models/m", node.url()))
+        .body(vec![0u8; 1 << 20])
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(refused.status(), reqwest::StatusCode::UNAUTHORIZED);
+    assert_eq!(connection(&refused).as_deref(), Some("close"));
+    // Errors to requests without a body, and successes, keep the connection.
+    let missing = http
+        .get(format!("{}/api/v1/nothing-here", node.url()))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(missing.status(), reqwest::StatusCode::NOT_FOUND);
+    assert_eq!(connection(&missing), None);
+    let health = http
+        .get(format!("{}/healthz", node.url()))
+        .send()
+        .await
+        .expect("health");
+    assert!(health.status().is_success());
+    assert_eq!(connection(&health), None);
+    // The real client, refused many times in a row, never trips over a dropped connection.
+    let user = node.user("ana@lab.org", "data-user").await;
+    for _ in 0..20 {
+        expect_code(
+            user.upload_model("m", vec![0u8; 256 << 10], None).await,
+            "forbidden",
+        );
+        user.list_evaluation_keys()
+            .await
+            .expect("list after refusal");
+    }
+}
+
 fn http_header(s: &'static str) -> http::HeaderValue {
     http::HeaderValue::from_static(s)
 }
