@@ -40,7 +40,7 @@ macro_rules! error_codes {
 error_codes! {
     Unauthenticated => ("unauthenticated", 401, "The bearer token is missing, malformed, unknown, expired or revoked."),
     InvalidCredentials => ("invalid_credentials", 401, "Wrong email or password."),
-    RateLimited => ("rate_limited", 429, "Too many failed attempts; retry after the time given."),
+    RateLimited => ("rate_limited", 429, "Too many failed logins, or more encrypted samples than the node allows a user per window; retry after the time given."),
     PasswordChangeRequired => ("password_change_required", 403, "The account still has its one-time password; change it first."),
     Forbidden => ("forbidden", 403, "The caller's role lacks the permission this endpoint needs."),
     PrivilegeEscalation => ("privilege_escalation", 403, "The request would grant permissions the caller does not hold."),
@@ -75,6 +75,7 @@ error_codes! {
     InvalidManifest => ("invalid_manifest", 400, "The dataset schema manifest is invalid."),
     UploadRejected => ("upload_rejected", 422, "Rows break the manifest; `details` lists the first ones. Nothing was stored."),
     UploadMalformed => ("upload_malformed", 422, "The file cannot be read as the declared format or its columns do not match the manifest."),
+    InvalidParameters => ("invalid_parameters", 400, "ε, δ or the confidence level is outside the accepted range (ε from 1e-6 to 1e6, δ 0 or from 1e-15 below 1, confidence between 0.5 and 1). Nothing was charged."),
     QueryRefused => ("query_refused", 422, "The query is outside the supported DP subset, or its privacy parameters cannot be met. Nothing was charged."),
     QueryFailed => ("query_failed", 500, "The query failed after its privacy cost was charged."),
     InvalidModel => ("invalid_model", 422, "The model is not valid ONNX, or uses an operator or shape this node does not run."),
@@ -83,9 +84,11 @@ error_codes! {
     InvalidValidation => ("invalid_validation", 422, "The validation request does not fit the model or the dataset."),
     FheKeyMismatch => ("fhe_key_mismatch", 422, "The ciphertexts were not made for the evaluation key named (fingerprints differ)."),
     MalformedCiphertext => ("malformed_ciphertext", 422, "A ciphertext or evaluation key does not parse or was made with other parameters."),
+    FheDisclosureUnconfirmed => ("fhe_disclosure_unconfirmed", 409, "Publishing for encrypted inference needs the creator's confirmation of what the client spec reveals: `details` holds the disclosure and the digest to send back as `confirm`. Nothing was stored."),
     InvalidFheRequest => ("invalid_fhe_request", 422, "The model is not published for encrypted inference, or the inputs do not fit it."),
     FheKeyLimit => ("fhe_key_limit", 409, "You hold the most evaluation keys a user may; delete one first."),
     Timeout => ("timeout", 408, "The request took longer than the node allows."),
+    DatasetUnavailable => ("dataset_unavailable", 503, "The dataset's data is not on this node (or not readable by it). Nothing was charged."),
     Internal => ("internal", 500, "The node failed; details are in its log, not in this response."),
 }
 

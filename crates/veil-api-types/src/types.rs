@@ -455,6 +455,9 @@ pub enum CellView {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct QueryResponse {
+    /// The query's record among the caller's requests (`GET /api/v1/requests/{id}`), where
+    /// the answer stays readable.
+    pub request_id: i64,
     pub columns: Vec<ResultColumnView>,
     pub rows: Vec<Vec<CellView>>,
     pub epsilon_spent: f64,
@@ -505,6 +508,10 @@ pub struct ModelView {
     pub created_at: DateTime<Utc>,
     /// The signing key (name and fingerprint), if signed.
     pub signed_by: Option<String>,
+    /// Uploaded by someone who may not publish models (a data scientist's own model, for
+    /// validation): only its owner and reviewers see it.
+    #[serde(default)]
+    pub private: bool,
     /// `classifier`, `score_classifier` (argmax over scores) or `regressor`.
     pub kind: String,
     pub n_features: usize,
@@ -580,36 +587,6 @@ pub struct FheInferBody {
     pub version: Option<u32>,
     /// One base64 string per sample: its seeded LWE ciphertext list (`veil fhe encrypt`).
     pub samples: Vec<String>,
-    /// Split inference: evaluate only the first K layers and return the encrypted hidden
-    /// activations (finish with `POST /api/v1/fhe/models/{name}/finish`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub split_at: Option<usize>,
-}
-
-/// Split inference, second half: decrypted hidden activations for the remaining layers.
-/// The node sees these activations.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct FheFinishBody {
-    pub split_at: usize,
-    #[serde(default)]
-    pub version: Option<u32>,
-    /// Per sample, the decrypted integers of the split's outputs.
-    pub activations: Vec<Vec<i64>>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct FhePrediction {
-    /// The predicted class (classifiers).
-    pub label: Option<String>,
-    pub scores: Vec<f64>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct FheFinishResponse {
-    pub model: String,
-    pub version: u32,
-    pub predictions: Vec<FhePrediction>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -657,6 +634,26 @@ pub struct FhePublishOptions {
     /// Input quantisation bits (2-12); the compiler chooses per model type if omitted.
     #[serde(default)]
     pub bits: Option<u32>,
+    /// The SHA-256 of the compiled model's disclosure (everything its public client spec
+    /// reveals), confirming the creator read it. Without it, or with another digest, the node
+    /// compiles, stores nothing and answers `fhe_disclosure_unconfirmed` with the disclosure
+    /// and its digest in `details`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm: Option<String>,
+    /// Per feature, `[low, high]`: the range to quantise over, declared by the creator and
+    /// published as given. By default the calibration rows' range, rounded outward.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranges: Option<Vec<[f64; 2]>>,
+    /// How networks size their accumulators: `input_box` (default: no legal input wraps) or
+    /// `calibration` (finer, fewer bootstraps, but an input unlike every calibration row may
+    /// get a wrong score; the disclosure says how many accumulators can wrap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accumulators: Option<String>,
+    /// What a reply carries per score: `scores` (default: one ciphertext each, data users learn
+    /// the scores only) or `partial_sums` (more accuracy where one sum would decrypt too
+    /// coarsely; data users see the parts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -67,7 +67,8 @@ pub fn endpoints() -> Vec<Endpoint> {
     use veil_types::Permission as P;
     vec![
         endpoint!(GET "/healthz", Public, system::healthz),
-        endpoint!(GET "/metrics", Public, system::metrics),
+        // Per-route counts, failures and latencies depend on what runs over private data.
+        endpoint!(GET "/metrics", Permission(P::MetricsRead), system::metrics),
         endpoint!(GET "/api/v1/openapi.json", Public, system::openapi),
         endpoint!(POST "/api/v1/auth/login", Public, auth::login),
         endpoint!(POST "/api/v1/auth/logout", Authenticated, auth::logout),
@@ -112,7 +113,6 @@ pub fn endpoints() -> Vec<Endpoint> {
         endpoint!(POST "/api/v1/requests/{id}/deny", Permission(P::RequestsReview), models::deny),
         endpoint!(GET "/api/v1/fhe/models/{name}", Permission(P::FheInfer), fhe::spec),
         endpoint!(POST "/api/v1/fhe/models/{name}/infer", Permission(P::FheInfer), fhe::infer),
-        endpoint!(POST "/api/v1/fhe/models/{name}/finish", Permission(P::FheInfer), fhe::finish),
         endpoint!(GET "/api/v1/fhe/keys", Permission(P::FheInfer), fhe::list_keys),
         endpoint!(POST "/api/v1/fhe/keys", Permission(P::FheInfer), fhe::add_key, streaming),
         endpoint!(DELETE "/api/v1/fhe/keys/{id}", Permission(P::FheInfer), fhe::delete_key),

@@ -68,11 +68,13 @@ impl From<CoreError> for ApiError {
             CoreError::SignatureRequired => ErrorCode::SignatureRequired,
             CoreError::BadSignature(_) => ErrorCode::BadSignature,
             CoreError::InvalidValidation(_) => ErrorCode::InvalidValidation,
+            CoreError::DatasetUnavailable => ErrorCode::DatasetUnavailable,
             CoreError::Conflict(Conflict::DatasetExists) => ErrorCode::DatasetExists,
             CoreError::InvalidManifest(_) => ErrorCode::InvalidManifest,
             CoreError::UploadRejected { .. } => ErrorCode::UploadRejected,
             CoreError::UploadMalformed(_) => ErrorCode::UploadMalformed,
             CoreError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            CoreError::InvalidParameters(_) => ErrorCode::InvalidParameters,
             CoreError::QueryRefused(_) => ErrorCode::QueryRefused,
             CoreError::QueryFailed => ErrorCode::QueryFailed,
             CoreError::Conflict(Conflict::UserExists) => ErrorCode::UserExists,
@@ -90,6 +92,7 @@ impl From<CoreError> for ApiError {
             CoreError::FheKeyMismatch(_) => ErrorCode::FheKeyMismatch,
             CoreError::MalformedCiphertext(_) => ErrorCode::MalformedCiphertext,
             CoreError::InvalidFheRequest(_) => ErrorCode::InvalidFheRequest,
+            CoreError::FheDisclosureUnconfirmed { .. } => ErrorCode::FheDisclosureUnconfirmed,
             CoreError::Conflict(Conflict::TooManyFheKeys(_)) => ErrorCode::FheKeyLimit,
             CoreError::FheTimedOut(_) => ErrorCode::Timeout,
             CoreError::Internal(detail) => return ApiError::internal(detail),
@@ -104,6 +107,10 @@ impl From<CoreError> for ApiError {
                 "rows": violations.iter().map(|v| serde_json::json!({
                     "row": v.row, "column": v.column, "reason": v.reason,
                 })).collect::<Vec<_>>(),
+            })),
+            CoreError::FheDisclosureUnconfirmed { digest, disclosure } => Some(serde_json::json!({
+                "digest": digest,
+                "disclosure": disclosure,
             })),
             _ => None,
         };

@@ -28,7 +28,7 @@ use crate::handlers::{audit, auth, budgets, datasets, fhe, models, roles, system
         models::list_keys, models::add_key, models::revoke_key,
         models::list, models::show, models::upload, models::delete, models::validate,
         models::list_requests, models::show_request, models::approve, models::deny,
-        fhe::spec, fhe::list_keys, fhe::add_key, fhe::delete_key, fhe::infer, fhe::finish,
+        fhe::spec, fhe::list_keys, fhe::add_key, fhe::delete_key, fhe::infer,
     ),
     modifiers(&BearerAuth),
     tags(

@@ -537,17 +537,6 @@ impl Client {
         self.json(rb).await
     }
 
-    pub async fn fhe_finish(&self, model: &str, body: &FheFinishBody) -> Result<FheFinishResponse> {
-        self.json(
-            self.request(
-                Method::POST,
-                &format!("api/v1/fhe/models/{}/finish", segment(model)),
-            )?
-            .json(body),
-        )
-        .await
-    }
-
     pub async fn list_evaluation_keys(&self) -> Result<Vec<EvaluationKeyView>> {
         self.get("api/v1/fhe/keys").await
     }

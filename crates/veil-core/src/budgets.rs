@@ -33,6 +33,8 @@ pub struct Spend {
     pub reference: String,
     /// Extra audit context; never private data.
     pub details: serde_json::Value,
+    /// A request record opened in the debit's transaction for the charged work's outcome.
+    pub opens: Option<veil_store::NewRequest>,
 }
 
 pub type DebitOutcome = DebitReceipt;
@@ -154,6 +156,7 @@ impl Core {
                     delta: spend.delta,
                     purpose: spend.purpose.clone(),
                     reference: spend.reference.clone(),
+                    opens: spend.opens.clone(),
                 },
                 NewAuditEntry::new(actor, "budget.debit", &target).details(details.clone()),
             )

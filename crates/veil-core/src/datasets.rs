@@ -1,13 +1,21 @@
 //! Datasets and differentially private queries.
 //!
 //! Order of operations for a query, and why:
-//! 1. validate and plan the SQL against the public manifest (refusals cost nothing, since no
-//!    private data was touched, and are audited);
+//! 1. check the privacy parameters' ranges (a 400), validate and plan the SQL against the
+//!    public manifest (refusals cost nothing, since no private data was touched, and are
+//!    audited);
 //! 2. compute the exact cost from OpenDP's privacy maps;
-//! 3. charge it, in the one transaction that also writes the ledger and audit entries;
-//! 4. only then read the data; any failure from here on is reported as the same generic
-//!    `QueryFailed`, and the charge stands;
-//! 5. release through the DP engine, which is the only producer of [`Released`].
+//! 3. prepare the engine's query against the file (its SQL rendered, parsed and planned,
+//!    the file present and its key unwrapped) without reading a row: whatever can fail for a
+//!    reason that is not a property of the rows fails here, uncharged;
+//! 4. charge it, in the one transaction that also writes the ledger, the audit entry and the
+//!    query's request record;
+//! 5. only then read the data, on a task of its own (see [`crate::charged`]): the outcome is
+//!    the release or the one fixed `QueryFailed`, recorded in the request, and the charge
+//!    stands;
+//! 6. release through the DP engine, which is the only producer of [`Released`].
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::Stream;
@@ -17,10 +25,12 @@ use veil_dp::mock::{MockValue, mock_rows};
 use veil_dp::{Manifest, QueryOptions, Released};
 use veil_store::{
     AuditOutcome, DatasetRecord, DatasetSettings, DebitReceipt, NewAuditEntry, NewDataset,
+    NewRequest, RequestStatus, RequestTransition,
 };
 use veil_types::{DatasetName, Delta, Epsilon, Permission};
 
 use crate::budgets::Spend;
+use crate::charged::{CHARGED_FAILURE, Charged, after_charge};
 use crate::error::NotFound;
 use crate::{Core, CoreError, Principal, Result};
 
@@ -33,11 +43,12 @@ pub struct DatasetInfo {
     pub show_size: bool,
 }
 
-/// A released answer and the charge that paid for it.
+/// A released answer, the charge that paid for it and the request recording it.
 #[derive(Debug, Clone)]
 pub struct QueryOutcome {
     pub released: Released,
     pub receipt: DebitReceipt,
+    pub request_id: i64,
 }
 
 /// Synthetic rows and their column names.
@@ -94,22 +105,27 @@ impl Core {
         let stored = match self.datasets.ingest(&manifest, format, body, limits).await {
             Ok(s) => s,
             Err(e) => {
+                // The uploader gets the full report; the audit log, which people without
+                // access to the data read, gets only what kind of refusal it was (counts and
+                // messages quote rows).
                 let (err, reason) = match e {
                     IngestError::Rejected { violations, count } => (
                         CoreError::UploadRejected { violations, count },
-                        format!("{count} invalid rows"),
+                        "rows break the manifest",
                     ),
-                    IngestError::Malformed(m) => (CoreError::UploadMalformed(m.clone()), m),
+                    IngestError::Malformed(m) => {
+                        (CoreError::UploadMalformed(m), "the file is malformed")
+                    }
                     IngestError::TooLarge { limit } => {
-                        (CoreError::PayloadTooLarge { limit }, "too large".into())
+                        (CoreError::PayloadTooLarge { limit }, "too large")
                     }
                     IngestError::TooManyRows { limit } => (
                         CoreError::UploadMalformed(format!("a dataset holds at most {limit} rows")),
-                        "too many rows".into(),
+                        "too many rows",
                     ),
                     IngestError::Interrupted(m) => (
                         CoreError::InvalidInput(format!("the upload was interrupted: {m}")),
-                        m,
+                        "interrupted",
                     ),
                     IngestError::Io(m) => return Err(CoreError::Internal(m)),
                 };
@@ -136,11 +152,12 @@ impl Core {
                     bytes_stored: stored.bytes_stored,
                     created_by: p.email().to_string(),
                 },
+                // No row count or byte count: people without access to the data read the
+                // audit log (and its hashes would let them check a guessed count).
                 NewAuditEntry::new(p.email(), "dataset.upload", format!("dataset:{name}")).details(json!({
                     "format": match format { Format::Csv => "csv", Format::Parquet => "parquet" },
-                    "rows": stored.rows,
-                    "bytes_received": stored.bytes_received,
                     "columns": manifest.columns.len(),
+                    "manifest_sha256": veil_crypto::sha256_hex(manifest_text.as_bytes()),
                 })),
             )
             .await;
@@ -264,102 +281,199 @@ impl Core {
     }
 
     /// Runs a differentially private query, charging its cost to the caller first.
+    ///
+    /// `client_ref` is the caller's handle for the query (the HTTP request id), kept with the
+    /// query's record so a client that lost the answer can find it among its requests.
     pub async fn query(
-        &self,
+        self: &Arc<Self>,
         p: &Principal,
         name: &str,
         sql: &str,
         options: QueryOptions,
+        client_ref: Option<String>,
     ) -> Result<QueryOutcome> {
         p.require(Permission::QueriesRun)?;
+        options
+            .check()
+            .map_err(|e| CoreError::InvalidParameters(e.0))?;
         let record = self.dataset_record(name).await?;
         let manifest = Self::stored_manifest(&record)?;
         let sql_hash = veil_crypto::sha256_hex(sql.as_bytes());
         let target = format!("dataset:{name}");
+        let refused = |reason: String| {
+            NewAuditEntry::new(p.email(), "query.refused", &target)
+                .outcome(AuditOutcome::Refused)
+                .details(json!({"sql_sha256": sql_hash, "reason": reason}))
+        };
 
-        let started = std::time::Instant::now();
+        // Before the charge: everything that can fail on public inputs. The plan and its cost
+        // depend on the SQL and the manifest; preparing renders and plans the engine's query
+        // against the file without reading a row.
         let planned = veil_dp::sql::plan(sql, name, &manifest, options).and_then(veil_dp::cost);
         let costed = match planned {
             Ok(c) => c,
             Err(refusal) => {
-                self.store
-                    .append_audit(
-                        NewAuditEntry::new(p.email(), "query.refused", &target)
-                            .outcome(AuditOutcome::Refused)
-                            .details(json!({"sql_sha256": sql_hash, "reason": refusal.0})),
-                    )
-                    .await?;
+                self.store.append_audit(refused(refusal.0.clone())).await?;
                 return Err(CoreError::QueryRefused(refusal.0));
             }
         };
+        let prepared = match self
+            .datasets
+            .prepare(
+                &record.file_id,
+                &veil_crypto::WrappedKey::from_bytes(record.wrapped_key.clone()),
+                &manifest,
+                &costed,
+            )
+            .await
+        {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                tracing::error!(dataset = name, error = %e, "query could not be prepared");
+                self.store
+                    .append_audit(refused("the dataset is not available on this node".into()))
+                    .await?;
+                return Err(match e {
+                    veil_datasets::PrepareError::Unavailable(_) => CoreError::DatasetUnavailable,
+                    veil_datasets::PrepareError::Plan(detail) => CoreError::Internal(detail),
+                });
+            }
+        };
 
-        let invalid = |e: veil_types::PrivacyAmountError| CoreError::Internal(e.to_string());
+        let amount =
+            |e: veil_types::PrivacyAmountError| CoreError::InvalidParameters(e.to_string());
+        let epsilon = Epsilon::cost_from_f64(costed.epsilon).map_err(amount)?;
+        let delta = Delta::cost_from_f64(costed.delta).map_err(amount)?;
+        let client_ref = client_ref.filter(|r| valid_client_ref(r));
+        let parameters = json!({
+            "sql_sha256": sql_hash,
+            "epsilon": costed.epsilon,
+            "delta": costed.delta,
+            "mechanism": costed.mechanism.name(),
+            "client_ref": client_ref,
+        });
         let receipt = self
             .spend(
                 p,
                 &Spend {
                     dataset: Some(dataset_name(name)?),
-                    epsilon: Epsilon::cost_from_f64(costed.epsilon).map_err(invalid)?,
-                    delta: Delta::cost_from_f64(costed.delta).map_err(invalid)?,
+                    epsilon,
+                    delta,
                     purpose: "query".into(),
                     reference: format!("sha256:{sql_hash}"),
                     details: json!({
                         "sql_sha256": sql_hash,
                         "mechanism": costed.mechanism.name(),
                         "aggregates": costed.plan.aggregates.len(),
+                        "client_ref": client_ref,
+                    }),
+                    // The query's record, in the charge's transaction: no charge without it.
+                    opens: Some(NewRequest {
+                        kind: "query".into(),
+                        requester_id: p.user.id,
+                        requester: p.email().to_string(),
+                        target: target.clone(),
+                        dataset: Some(name.to_string()),
+                        parameters: parameters.to_string(),
+                        epsilon,
+                        delta,
+                        status: RequestStatus::Running,
                     }),
                 },
             )
             .await?;
+        let request_id = receipt
+            .request_id
+            .ok_or_else(|| CoreError::Internal("the charge opened no query record".into()))?;
 
-        let charged = started.elapsed();
-        let released = async {
-            let exact = self
-                .datasets
-                .execute(
-                    &record.file_id,
-                    &veil_crypto::WrappedKey::from_bytes(record.wrapped_key.clone()),
-                    &manifest,
-                    &costed,
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-            let executed = started.elapsed();
-            // OpenDP measurements are built and used on one blocking thread.
-            tokio::task::spawn_blocking(move || veil_dp::release(&costed, exact))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())
-                .map(|r| (r, executed))
-        }
-        .await;
-        match released {
-            Ok((released, executed)) => {
-                let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-                tracing::debug!(
-                    dataset = name,
-                    plan_and_charge_ms = ms(charged),
-                    execute_ms = ms(executed - charged),
-                    release_ms = ms(started.elapsed() - executed),
-                    "query answered"
-                );
-                Ok(QueryOutcome { released, receipt })
-            }
-            Err(detail) => {
-                tracing::error!(dataset = name, error = %detail, "query failed after charging");
-                self.store
-                    .append_audit(
-                        NewAuditEntry::new(p.email(), "query.failed", &target)
-                            .outcome(AuditOutcome::Failed)
-                            .details(
-                                json!({"sql_sha256": sql_hash, "ledger_id": receipt.ledger_id}),
-                            ),
-                    )
-                    .await?;
-                Err(CoreError::QueryFailed)
-            }
+        // After the charge: on its own task (a closed connection cannot cut it short), the
+        // release or the one fixed failure, recorded under the query's request id.
+        let core = Arc::clone(self);
+        let actor = p.email().to_string();
+        let finished = tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let outcome = after_charge("query", format!("request:{request_id}"), async move {
+                let exact = prepared.run().await.map_err(|e| e.to_string())?;
+                // OpenDP measurements are built and used on one blocking thread.
+                tokio::task::spawn_blocking(move || veil_dp::release(&costed, exact))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())
+            })
+            .await;
+            tracing::info!(
+                request = request_id,
+                seconds = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+                "query run finished"
+            );
+            core.record_query(&actor, request_id, outcome).await
+        })
+        .await
+        .map_err(|e| CoreError::Internal(format!("the query task failed: {e}")))??;
+        Ok(QueryOutcome {
+            released: finished,
+            receipt,
+            request_id,
+        })
+    }
+
+    /// Records a charged query's outcome in its request, and returns the release (or the one
+    /// fixed failure, [`CoreError::QueryFailed`]).
+    async fn record_query(
+        &self,
+        actor: &str,
+        request_id: i64,
+        outcome: Charged<Released>,
+    ) -> Result<Released> {
+        let (to, reason, result) = match &outcome {
+            Charged::Released(r) => (
+                RequestStatus::Done,
+                None,
+                Some(serde_json::to_string(r).map_err(|e| CoreError::Internal(e.to_string()))?),
+            ),
+            Charged::Failed => (
+                RequestStatus::Failed,
+                Some(CHARGED_FAILURE.to_string()),
+                None,
+            ),
+        };
+        let action = if to == RequestStatus::Done {
+            "query.done"
+        } else {
+            "query.failed"
+        };
+        self.store
+            .transition_request(
+                request_id,
+                &RequestTransition {
+                    from: vec![RequestStatus::Running],
+                    to,
+                    reason: reason.clone(),
+                    result,
+                    reviewer: None,
+                },
+                NewAuditEntry::new(actor, action, format!("request:{request_id}"))
+                    .outcome(if to == RequestStatus::Done {
+                        AuditOutcome::Ok
+                    } else {
+                        AuditOutcome::Failed
+                    })
+                    .details(json!({"reason": reason})),
+            )
+            .await?;
+        match outcome {
+            Charged::Released(r) => Ok(r),
+            Charged::Failed => Err(CoreError::QueryFailed),
         }
     }
+}
+
+/// A client's handle for a query: what a request id header may hold (1 to 64 characters of
+/// letters, digits, `-`, `_`, `.`), so it is safe to store and show.
+fn valid_client_ref(r: &str) -> bool {
+    (1..=64).contains(&r.len())
+        && r.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 impl Core {
@@ -404,7 +518,7 @@ impl Core {
                     "dataset.upload",
                     format!("dataset:{name}"),
                 )
-                .details(json!({"format": "csv", "rows": stored.rows, "bootstrap": true})),
+                .details(json!({"format": "csv", "bootstrap": true})),
             )
             .await;
         if let Err(e) = created {

@@ -10,7 +10,8 @@ pub enum CoreError {
     Unauthenticated,
     #[error("invalid email or password")]
     InvalidCredentials,
-    #[error("too many failed attempts; try again in {retry_after_secs} s")]
+    /// Too many failed logins, or more encrypted samples than the node allows per window.
+    #[error("too many attempts or requests; try again in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
     #[error("you must change your one-time password first (veil passwd)")]
     PasswordChangeRequired,
@@ -58,6 +59,9 @@ pub enum CoreError {
     UploadMalformed(String),
     #[error("the upload exceeds this node's limit of {limit} bytes")]
     PayloadTooLarge { limit: u64 },
+    /// ε, δ or the confidence level is out of the accepted range (nothing was charged).
+    #[error("{0}")]
+    InvalidParameters(String),
     /// The query is outside the supported subset or the privacy parameters cannot be met.
     #[error("query refused: {0}")]
     QueryRefused(String),
@@ -74,6 +78,9 @@ pub enum CoreError {
     SignatureRequired,
     #[error("{0}")]
     BadSignature(String),
+    /// The dataset's file cannot be read on this node (checked before anything is charged).
+    #[error("the dataset's data is not available on this node; nothing was charged")]
+    DatasetUnavailable,
     /// A validation request that does not fit the model or the dataset.
     #[error("{0}")]
     InvalidValidation(String),
@@ -89,6 +96,14 @@ pub enum CoreError {
     /// A ciphertext or key that does not parse or was made with other parameters.
     #[error("malformed ciphertext or key: {0}")]
     MalformedCiphertext(String),
+    /// Publishing needs the creator to confirm what the client spec reveals.
+    #[error(
+        "publishing reveals what the disclosure lists (see details); confirm it with its digest {digest}"
+    )]
+    FheDisclosureUnconfirmed {
+        digest: String,
+        disclosure: serde_json::Value,
+    },
     /// An encrypted-inference request that does not fit the model (not published for FHE,
     /// wrong input width, too many samples).
     #[error("{0}")]

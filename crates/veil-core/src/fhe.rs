@@ -3,11 +3,13 @@
 //!
 //! The node never holds a client key. It stores each user's evaluation keys (public material)
 //! with an expiry and a per-user count limit, and the compiled circuit of each model version
-//! published for FHE, sealed like the model (the circuit holds the quantised weights). A run
-//! parses every ciphertext before any work, checks that the ciphertexts were made for the key
-//! they name (by the key's fingerprint), and evaluates on the node's FHE pool, which owns its
-//! threads, under a wall-clock limit. The audit log records who ran which model on how many
-//! samples, never ciphertexts.
+//! published for FHE, sealed like the model (the circuit holds the quantised weights), once
+//! its creator confirmed the disclosure of what the public spec reveals. A run is counted
+//! against the user's samples per day, parses every ciphertext before any work, checks the
+//! fingerprint the client claims for its key (a mistake guard: the node cannot verify which key
+//! a ciphertext was made under), and evaluates on the node's FHE pool, which owns its threads,
+//! under a wall-clock limit. The audit log records who ran which model on how many samples,
+//! never ciphertexts.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,6 +30,15 @@ pub struct FhePublish {
     pub bits: Option<u32>,
     /// CSV of calibration rows (a header line, then one column per model input).
     pub calibration_csv: Vec<u8>,
+    /// The digest of the disclosure the creator read and accepts (see
+    /// [`veil_fhe::Disclosure`]); without the right one nothing is published.
+    pub confirm: Option<String>,
+    /// Declared per-feature ranges (see `veil_fhe::CompileOptions::ranges`).
+    pub ranges: Option<Vec<(f64, f64)>>,
+    /// How networks size their accumulators: `input_box` (the default) or `calibration`.
+    pub accumulators: Option<String>,
+    /// What a reply carries per score: `scores` (the default) or `partial_sums`.
+    pub outputs: Option<String>,
 }
 
 /// The public part of a compiled model, shown with the model and given to clients.
@@ -36,6 +47,10 @@ pub struct FheSummary {
     pub spec: ClientSpec,
     /// Calibration rows the creator supplied.
     pub calibration_rows: usize,
+    /// SHA-256 of the disclosure the creator confirmed (absent for models published before
+    /// confirmation existed).
+    #[serde(default)]
+    pub disclosure_sha256: Option<String>,
 }
 
 /// An encrypted-inference request.
@@ -47,8 +62,6 @@ pub struct FheInferRequest {
     pub key_id: String,
     /// SHA-256 of the evaluation key the samples were encrypted for.
     pub key_sha256: String,
-    /// Split inference: evaluate only the first K layers.
-    pub split_at: Option<usize>,
     /// Per sample, its serialised seeded ciphertexts.
     pub samples: Vec<Vec<u8>>,
 }
@@ -158,11 +171,11 @@ impl Core {
         p: &Principal,
         onnx: Arc<Vec<u8>>,
         publish: FhePublish,
-    ) -> Result<FheArtifact> {
+    ) -> Result<(FheArtifact, String)> {
         p.require(Permission::ModelsPublish)?;
         let max_features = self.settings.fhe_max_features;
-        let (circuit_json, summary) = self
-            .on_model_pool(move || -> Result<(Vec<u8>, FheSummary)> {
+        let (circuit_json, summary, digest) = self
+            .on_model_pool(move || -> Result<(Vec<u8>, FheSummary, String)> {
                 // Bad options or calibration data are the caller's input; the rest is the model.
                 let publish_error = |e: FheError| match e {
                     FheError::Input(m) => CoreError::InvalidInput(m),
@@ -170,20 +183,60 @@ impl Core {
                 };
                 let model = veil_fhe::read_onnx(&onnx, max_features).map_err(publish_error)?;
                 let rows = calibration_rows(&publish.calibration_csv, model.n_features())?;
+                let accumulators = match publish.accumulators.as_deref() {
+                    None | Some("input_box") => veil_fhe::Accumulators::InputBox,
+                    Some("calibration") => veil_fhe::Accumulators::Calibration,
+                    Some(other) => {
+                        return Err(CoreError::InvalidInput(format!(
+                            "unknown accumulators {other:?}: use input_box or calibration"
+                        )));
+                    }
+                };
+                let outputs = match publish.outputs.as_deref() {
+                    None | Some("scores") => veil_fhe::Outputs::Scores,
+                    Some("partial_sums") => veil_fhe::Outputs::PartialSums,
+                    Some(other) => {
+                        return Err(CoreError::InvalidInput(format!(
+                            "unknown outputs {other:?}: use scores or partial_sums"
+                        )));
+                    }
+                };
                 let opts = CompileOptions {
                     bits: publish.bits,
+                    outputs,
+                    ranges: publish.ranges.clone(),
+                    accumulators,
                     ..CompileOptions::default()
                 };
                 let compiled = veil_fhe::compile(&model, &rows, &opts).map_err(publish_error)?;
                 let fidelity =
                     veil_fhe::fidelity(&model, &compiled, &rows).map_err(publish_error)?;
+                let spec = compiled.client_spec(fidelity);
+                let disclosure = spec.disclosure(rows.len());
+                let disclosure_json = serde_json::to_vec(&disclosure)
+                    .map_err(|e| CoreError::Internal(e.to_string()))?;
+                let digest = veil_crypto::sha256_hex(&disclosure_json);
+                // The compiler is deterministic, so the digest the creator saw on the first
+                // attempt is the digest of this compile.
+                if !publish
+                    .confirm
+                    .as_deref()
+                    .is_some_and(|c| veil_crypto::ct_eq(c.as_bytes(), digest.as_bytes()))
+                {
+                    return Err(CoreError::FheDisclosureUnconfirmed {
+                        digest,
+                        disclosure: serde_json::to_value(&disclosure)
+                            .map_err(|e| CoreError::Internal(e.to_string()))?,
+                    });
+                }
                 let summary = FheSummary {
-                    spec: compiled.client_spec(fidelity),
+                    spec,
                     calibration_rows: rows.len(),
+                    disclosure_sha256: Some(digest.clone()),
                 };
                 let json = serde_json::to_vec(&compiled)
                     .map_err(|e| CoreError::Internal(e.to_string()))?;
-                Ok((json, summary))
+                Ok((json, summary, digest))
             })
             .await??;
         let stored = self
@@ -191,12 +244,15 @@ impl Core {
             .store_model(circuit_json)
             .await
             .map_err(|e| CoreError::Internal(e.to_string()))?;
-        Ok(FheArtifact {
-            file_id: stored.file_id,
-            wrapped_key: stored.wrapped_key.as_bytes().to_vec(),
-            summary: serde_json::to_string(&summary)
-                .map_err(|e| CoreError::Internal(e.to_string()))?,
-        })
+        Ok((
+            FheArtifact {
+                file_id: stored.file_id,
+                wrapped_key: stored.wrapped_key.as_bytes().to_vec(),
+                summary: serde_json::to_string(&summary)
+                    .map_err(|e| CoreError::Internal(e.to_string()))?,
+            },
+            digest,
+        ))
     }
 
     /// The client-side description of a model version published for FHE.
@@ -217,10 +273,13 @@ impl Core {
         name: &str,
         version: Option<u32>,
     ) -> Result<(veil_store::ModelRecord, FheArtifact, FheSummary)> {
+        // Published models are never private (publishing needs `models:publish`); a private
+        // model is simply not found here.
         let m = self
             .store
             .get_model(name, version)
             .await?
+            .filter(|m| !m.private)
             .ok_or(CoreError::NotFound(crate::error::NotFound::Model))?;
         let fhe = m.fhe.clone().ok_or_else(|| {
             CoreError::InvalidFheRequest(format!(
@@ -353,7 +412,6 @@ impl Core {
             version,
             key_id,
             key_sha256,
-            split_at,
             samples,
         } = req;
         let (name, key_id, key_sha256) = (name.as_str(), key_id.as_str(), key_sha256.as_str());
@@ -377,27 +435,23 @@ impl Core {
             return Err(CoreError::FheKeyMismatch(key.id));
         }
         let (m, fhe, s) = self.published(name, version).await?;
-        let n_in = {
-            if let Some(k) = split_at {
-                match &s.spec.split {
-                    Some(sp) if sp.layers == k => {}
-                    Some(sp) => {
-                        return Err(CoreError::InvalidFheRequest(format!(
-                            "this model splits after layer {} only (--split-at {})",
-                            sp.layers, sp.layers
-                        )));
-                    }
-                    None => {
-                        return Err(CoreError::InvalidFheRequest(format!(
-                            "model {name} ({}) has no layers to split",
-                            s.spec.kind
-                        )));
-                    }
-                }
-            }
-            // A feature may be encrypted as several inputs (trees with many thresholds).
-            s.spec.input_bits.len()
-        };
+        // Counted per user whether or not the run succeeds: it bounds queries, not work.
+        let n_samples = u32::try_from(samples.len()).unwrap_or(u32::MAX);
+        if let Err(retry_after_secs) =
+            self.fhe_limiter
+                .try_take(&format!("user:{}", p.user.id), n_samples, self.now())
+        {
+            self.store
+                .append_audit(
+                    NewAuditEntry::new(p.email(), "fhe.infer", format!("model:{name}"))
+                        .outcome(veil_store::AuditOutcome::Refused)
+                        .details(json!({"samples": samples.len(), "reason": "rate limited"})),
+                )
+                .await?;
+            return Err(CoreError::RateLimited { retry_after_secs });
+        }
+        // A feature may be encrypted as several inputs (trees with many thresholds).
+        let n_in = s.spec.input_bits.len();
         // Every ciphertext is parsed (and its shape checked) before any work is done.
         let batch: Vec<EncryptedInputs> = samples
             .iter()
@@ -449,13 +503,7 @@ impl Core {
             let r = (|| -> Result<(Vec<Vec<u8>>, usize)> {
                 let compiled: CompiledModel = serde_json::from_slice(&circuit_json)
                     .map_err(|e| CoreError::Internal(format!("stored circuit: {e}")))?;
-                let circuit = match (split_at, compiled.split) {
-                    (None, _) => compiled.circuit,
-                    (Some(_), Some(split)) => split.circuit,
-                    (Some(_), None) => {
-                        return Err(CoreError::Internal("stored circuit has no split".into()));
-                    }
-                };
+                let circuit = compiled.circuit;
                 let pbs = circuit.pbs_count() * n;
                 let prepared = Prepared::new(circuit).map_err(fhe_error)?;
                 let last = std::sync::atomic::AtomicUsize::new(0);
@@ -490,7 +538,6 @@ impl Core {
         let mut entry = NewAuditEntry::new(p.email(), "fhe.infer", format!("model:{model_label}"))
             .details(json!({
                 "samples": n,
-                "split_at": split_at,
                 "key": key.id,
                 "timed_out": matches!(run, Err(CoreError::FheTimedOut(_))),
                 "ms": elapsed.as_millis() as u64,
@@ -509,67 +556,6 @@ impl Core {
         })
     }
 }
-
-impl Core {
-    /// Split inference, second half: the remaining layers in plaintext on hidden activations
-    /// the client decrypted. The node sees these activations (documented leakage).
-    pub async fn fhe_finish(
-        &self,
-        p: &Principal,
-        name: &str,
-        version: Option<u32>,
-        split_at: usize,
-        activations: Vec<Vec<i64>>,
-    ) -> Result<(String, u32, Vec<(Option<String>, Vec<f64>)>)> {
-        p.require(Permission::FheInfer)?;
-        if activations.is_empty() || activations.len() > FINISH_MAX_ROWS {
-            return Err(CoreError::InvalidFheRequest(format!(
-                "send between 1 and {FINISH_MAX_ROWS} rows of activations"
-            )));
-        }
-        let (m, fhe, _) = self.published(name, version).await?;
-        let circuit_json = self.load_circuit(&fhe).await?;
-        let rows = activations.len();
-        let out = self
-            .on_model_pool(move || -> Result<Vec<(Option<String>, Vec<f64>)>> {
-                let compiled: CompiledModel = serde_json::from_slice(&circuit_json)
-                    .map_err(|e| CoreError::Internal(format!("stored circuit: {e}")))?;
-                let split = compiled
-                    .split
-                    .filter(|s| s.layers == split_at)
-                    .ok_or_else(|| {
-                        CoreError::InvalidFheRequest(format!(
-                            "this model cannot be split after layer {split_at}"
-                        ))
-                    })?;
-                activations
-                    .iter()
-                    .map(|a| {
-                        let scores = split.finish(a).map_err(|e| match e {
-                            FheError::Input(m) => CoreError::InvalidFheRequest(m),
-                            other => fhe_error(other),
-                        })?;
-                        Ok((split.rest.head.label(&scores), scores))
-                    })
-                    .collect()
-            })
-            .await??;
-        self.store
-            .append_audit(
-                NewAuditEntry::new(
-                    p.email(),
-                    "fhe.finish",
-                    format!("model:{}@{}", m.name, m.version),
-                )
-                .details(json!({"rows": rows, "split_at": split_at})),
-            )
-            .await?;
-        Ok((m.name, m.version, out))
-    }
-}
-
-/// Most rows of activations in one split-inference finish request.
-const FINISH_MAX_ROWS: usize = 10_000;
 
 #[cfg(test)]
 mod tests {

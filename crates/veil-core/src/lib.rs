@@ -10,6 +10,7 @@
 mod audit;
 mod auth;
 mod budgets;
+mod charged;
 mod clock;
 mod datasets;
 pub mod error;
@@ -63,8 +64,9 @@ pub struct CoreSettings {
     pub model_limit_bytes: usize,
     /// Refuse model uploads that are not signed by a key registered to the uploader.
     pub require_signed_models: bool,
-    /// Wall-clock limit of one validation run.
-    pub validation_time_limit: Duration,
+    /// The longest a model may take on one row, measured on synthetic rows before a
+    /// validation is charged (after the charge nothing cuts a run short).
+    pub validation_row_time_limit: Duration,
     /// Threads of the model worker pool (model runs never use the async runtime's threads).
     pub model_threads: usize,
     /// Threads of the encrypted-inference pool (its own; TFHE-rs keeps per-thread state).
@@ -81,6 +83,9 @@ pub struct CoreSettings {
     pub fhe_max_batch: usize,
     /// Widest model input accepted for encrypted inference.
     pub fhe_max_features: usize,
+    /// Encrypted samples one user may run per window (bounds how fast a published model can
+    /// be queried, for instance to extract it).
+    pub fhe_rate_limit: RateLimitSettings,
 }
 
 impl Default for CoreSettings {
@@ -96,7 +101,7 @@ impl Default for CoreSettings {
             upload_limit_bytes: 10 * 1024 * 1024 * 1024,
             model_limit_bytes: 64 * 1024 * 1024,
             require_signed_models: false,
-            validation_time_limit: Duration::from_secs(60),
+            validation_row_time_limit: Duration::from_millis(20),
             model_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             fhe_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             fhe_time_limit: Duration::from_secs(600),
@@ -105,6 +110,10 @@ impl Default for CoreSettings {
             fhe_max_keys_per_user: 3,
             fhe_max_batch: 64,
             fhe_max_features: 4096,
+            fhe_rate_limit: RateLimitSettings {
+                max_failures: 10_000,
+                window: Duration::from_secs(24 * 3600),
+            },
         }
     }
 }
@@ -118,6 +127,8 @@ pub struct Core {
     clock: Arc<dyn Clock>,
     settings: CoreSettings,
     login_limiter: rate_limit::RateLimiter,
+    /// Encrypted samples per user and window.
+    fhe_limiter: rate_limit::RateLimiter,
     hashing: Semaphore,
     /// Runs models; its threads belong to it alone.
     model_pool: Arc<rayon::ThreadPool>,
@@ -154,6 +165,7 @@ impl Core {
         Self {
             datasets,
             login_limiter: rate_limit::RateLimiter::new(settings.login_rate_limit.clone()),
+            fhe_limiter: rate_limit::RateLimiter::new(settings.fhe_rate_limit.clone()),
             hashing: Semaphore::new(settings.password_hash_concurrency.max(1)),
             model_pool: Arc::new(worker_pool(settings.model_threads, "model")),
             fhe_pool: Arc::new(worker_pool(settings.fhe_threads, "fhe")),

@@ -4,6 +4,12 @@
 //! signature (if any, or if the node requires one) is verified against the uploader's
 //! registered keys, and the file is stored sealed under its own key. Every upload of a name is
 //! a new version; a name belongs to whoever first uploaded it.
+//!
+//! Who sees a model: uploads by someone who may publish models (`models:publish`, model
+//! creators) form the catalogue every `models:read` holder sees. Uploads by anyone else (a
+//! data scientist's own model, uploaded to validate it) are private: only their owner,
+//! reviewers (`requests:review`, who must see what they approve) and the node's owner see
+//! them; to everyone else they do not exist.
 
 use serde_json::json;
 use veil_crypto::signing::PublicKey;
@@ -169,9 +175,12 @@ impl Core {
         let sha256 = veil_crypto::sha256_hex(&bytes);
         let size = bytes.len() as u64;
         let bytes = std::sync::Arc::new(bytes);
-        let fhe = match fhe {
-            Some(publish) => Some(self.publish_fhe(p, bytes.clone(), publish).await?),
-            None => None,
+        let (fhe, disclosure_sha256) = match fhe {
+            Some(publish) => {
+                let (artifact, digest) = self.publish_fhe(p, bytes.clone(), publish).await?;
+                (Some(artifact), Some(digest))
+            }
+            None => (None, None),
         };
         let fhe_kind = fhe.as_ref().map(|_| "published");
         let stored = self
@@ -201,6 +210,7 @@ impl Core {
                     summary: summary_json,
                     signed_by: signer.as_ref().map(|k| k.fingerprint.clone()),
                     fhe,
+                    private: !p.has(Permission::ModelsPublish),
                 },
                 NewAuditEntry::new(p.email(), "model.upload", format!("model:{name}")).details(
                     json!({
@@ -209,6 +219,8 @@ impl Core {
                         "signed_by": signer.as_ref().map(|k| &k.fingerprint),
                         "operators": summary.operators.keys().collect::<Vec<_>>(),
                         "fhe": fhe_kind,
+                        // What the creator confirmed the client spec may reveal.
+                        "disclosure_sha256": disclosure_sha256,
                     }),
                 ),
             )
@@ -253,9 +265,25 @@ impl Core {
         p.require(Permission::ModelsRead)?;
         let mut out = Vec::new();
         for r in self.store.list_models().await? {
-            out.push(self.model_info(r).await?);
+            if may_see(p, &r) {
+                out.push(self.model_info(r).await?);
+            }
         }
         Ok(out)
+    }
+
+    /// A model version the caller may see; others' private models do not exist for them.
+    pub(crate) async fn visible_model(
+        &self,
+        p: &Principal,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<ModelRecord> {
+        self.store
+            .get_model(name, version)
+            .await?
+            .filter(|r| may_see(p, r))
+            .ok_or(CoreError::NotFound(NotFound::Model))
     }
 
     pub async fn get_model(
@@ -265,11 +293,7 @@ impl Core {
         version: Option<u32>,
     ) -> Result<ModelInfo> {
         p.require(Permission::ModelsRead)?;
-        let r = self
-            .store
-            .get_model(name, version)
-            .await?
-            .ok_or(CoreError::NotFound(NotFound::Model))?;
+        let r = self.visible_model(p, name, version).await?;
         self.model_info(r).await
     }
 
@@ -281,11 +305,7 @@ impl Core {
         version: Option<u32>,
     ) -> Result<usize> {
         p.require(Permission::ModelsManage)?;
-        let current = self
-            .store
-            .get_model(name, version)
-            .await?
-            .ok_or(CoreError::NotFound(NotFound::Model))?;
+        let current = self.visible_model(p, name, version).await?;
         if current.owner_id != p.user.id && !p.has(Permission::NodeKeys) {
             return Err(CoreError::Forbidden(Permission::NodeKeys));
         }
@@ -308,6 +328,14 @@ impl Core {
         }
         Ok(deleted.len())
     }
+}
+
+/// Whether `p` may see model `r` (see the module notes).
+fn may_see(p: &Principal, r: &ModelRecord) -> bool {
+    !r.private
+        || r.owner_id == p.user.id
+        || p.has(Permission::RequestsReview)
+        || p.has(Permission::NodeKeys)
 }
 
 impl Core {
@@ -353,6 +381,7 @@ impl Core {
                         .map_err(|e| CoreError::Internal(e.to_string()))?,
                     signed_by: None,
                     fhe: None,
+                    private: false,
                 },
                 NewAuditEntry::new(crate::auth::SYSTEM, "model.upload", format!("model:{name}"))
                     .details(json!({"bootstrap": true})),

@@ -1,6 +1,8 @@
-//! Login rate limiting: after too many failures for one email or from one address within a
-//! window, further attempts are refused until the window passes, without checking the
-//! password (so a locked account cannot be probed).
+//! Rate limiting in fixed windows. Logins: after too many failures for one email or from one
+//! address within a window, further attempts are refused until the window passes, without
+//! checking the password (so a locked account cannot be probed). Encrypted predictions: each
+//! user may run a bounded number of samples per window (`try_take`), which bounds how fast a
+//! data user can query a published model (to extract it, say).
 //!
 //! State is in memory: it resets when the node restarts, and nodes sharing a PostgreSQL
 //! database each count separately. Both are acceptable for slowing online guessing, which is
@@ -14,7 +16,7 @@ use veil_store::Timestamp;
 
 #[derive(Debug, Clone)]
 pub struct RateLimitSettings {
-    /// Failures allowed per key within `window`.
+    /// Failures (logins) or events (encrypted samples) allowed per key within `window`.
     pub max_failures: u32,
     pub window: Duration,
 }
@@ -93,6 +95,32 @@ impl RateLimiter {
             }
             w.failures += 1;
         }
+    }
+
+    /// Counts `n` events for `key` at `now` if they fit the window's quota, or refuses with
+    /// the seconds until the window ends (check and count are one step).
+    pub(crate) fn try_take(&self, key: &str, n: u32, now: Timestamp) -> Result<(), u64> {
+        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let span = self.window_micros();
+        if windows.len() > SWEEP_THRESHOLD {
+            windows.retain(|_, w| w.started.saturating_add(span) > now);
+        }
+        let w = windows.entry(key.to_string()).or_insert(Window {
+            started: now,
+            failures: 0,
+        });
+        if w.started.saturating_add(span) <= now {
+            *w = Window {
+                started: now,
+                failures: 0,
+            };
+        }
+        if w.failures.saturating_add(n) > self.settings.max_failures {
+            let wait = w.started.saturating_add(span) - now;
+            return Err(u64::try_from(wait).unwrap_or(1).div_ceil(1_000_000).max(1));
+        }
+        w.failures += n;
+        Ok(())
     }
 
     pub(crate) fn clear(&self, key: &str) {

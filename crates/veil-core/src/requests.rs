@@ -2,10 +2,14 @@
 //!
 //! A validation is always a request. On a dataset whose policy is `auto` it is approved at
 //! once and runs while the caller waits; under `review` it waits for a compliance officer.
-//! Running means: charge the requester's budget (nothing runs if it cannot pay), run the model
-//! over the private rows on the model worker pool within the time limit, and release the
-//! metrics through the DP engine. The request records every step; requesters see only their
-//! own requests.
+//! Running means: check and load everything that can fail on public inputs (the model plans
+//! and is fast enough on synthetic rows, the dataset's file is here), charge the requester's
+//! budget (nothing runs if it cannot pay), run the model over the private rows on the model
+//! worker pool, each row alone, and release the metrics through the DP engine. After the
+//! charge nothing cuts the run short: no time limit (the node's limit applies per row,
+//! before the charge), no failing row, no closed connection; its outcome is the release or
+//! the one fixed failure of [`crate::charged`]. The request records every step; requesters
+//! see only their own requests.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,14 +18,16 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use veil_dp::validation::{
-    CostedValidation, ExactValidation, Task, cost_validation, parse_metrics, release_validation,
+    CostedValidation, ExactValidation, ReleasedValidation, Task, cost_validation, parse_metrics,
+    release_validation,
 };
 use veil_dp::{ColumnType, Manifest};
-use veil_ml::{ClassMap, Model, ModelKind, ModelSummary, Prediction};
+use veil_ml::{ClassMap, Model, ModelKind, ModelSummary, Output};
 use veil_store::{NewAuditEntry, NewRequest, RequestRecord, RequestStatus, RequestTransition};
 use veil_types::{DatasetName, Delta, Epsilon, Permission};
 
 use crate::budgets::Spend;
+use crate::charged::{CHARGED_FAILURE, Charged, after_charge};
 use crate::error::{Conflict, NotFound};
 use crate::{Core, CoreError, Principal, Result};
 
@@ -131,13 +137,13 @@ fn task_for(
 
 impl Core {
     /// Files a validation request; runs it now if the dataset's policy is `auto`.
-    pub async fn validate(&self, p: &Principal, req: &ValidationRequest) -> Result<RequestRecord> {
+    pub async fn validate(
+        self: &Arc<Self>,
+        p: &Principal,
+        req: &ValidationRequest,
+    ) -> Result<RequestRecord> {
         p.require(Permission::ModelsValidate)?;
-        let model = self
-            .store
-            .get_model(&req.model, req.version)
-            .await?
-            .ok_or(CoreError::NotFound(NotFound::Model))?;
+        let model = self.visible_model(p, &req.model, req.version).await?;
         let dataset = self
             .store
             .get_dataset(&req.dataset)
@@ -150,6 +156,8 @@ impl Core {
         let task = task_for(&manifest, &summary, &req.features, &req.label)?;
         let metrics = parse_metrics(&req.metrics, &task).map_err(|r| invalid(r.0))?;
         let confidence = req.confidence.unwrap_or(0.95);
+        veil_dp::plan::check_epsilon_and_confidence(req.epsilon, confidence)
+            .map_err(|e| CoreError::InvalidParameters(e.0))?;
         // Cost it now, so an impossible request is refused before it is filed.
         let costed = cost_validation(task, metrics, req.epsilon, confidence, &manifest.unit)
             .map_err(|r| invalid(r.0))?;
@@ -176,7 +184,7 @@ impl Core {
                     parameters: serde_json::to_string(&params)
                         .map_err(|e| CoreError::Internal(e.to_string()))?,
                     epsilon: Epsilon::cost_from_f64(costed.epsilon)
-                        .map_err(|e| CoreError::Internal(e.to_string()))?,
+                        .map_err(|e| CoreError::InvalidParameters(e.to_string()))?,
                     delta: Delta::ZERO,
                     status: if review {
                         RequestStatus::Pending
@@ -204,7 +212,11 @@ impl Core {
     }
 
     /// Approves a pending request and runs it (charging the requester's budget).
-    pub async fn approve_request(&self, p: &Principal, id: i64) -> Result<RequestRecord> {
+    pub async fn approve_request(
+        self: &Arc<Self>,
+        p: &Principal,
+        id: i64,
+    ) -> Result<RequestRecord> {
         p.require(Permission::RequestsReview)?;
         // Review means a second person: nobody approves their own request.
         if self.get_request(p, id).await?.requester_id == p.user.id {
@@ -333,8 +345,26 @@ impl Core {
             .await?)
     }
 
-    /// Runs an approved validation request to `done` or `failed`.
-    async fn run_request(&self, actor: &str, record: RequestRecord) -> Result<RequestRecord> {
+    /// Runs an approved validation request to `done` or `failed` on its own task: a caller
+    /// that stops waiting (a closed connection) does not stop it, and its outcome stays
+    /// readable under the request's id.
+    async fn run_request(
+        self: &Arc<Self>,
+        actor: &str,
+        record: RequestRecord,
+    ) -> Result<RequestRecord> {
+        let core = Arc::clone(self);
+        let actor = actor.to_string();
+        tokio::spawn(async move { core.run_request_to_end(&actor, record).await })
+            .await
+            .map_err(|e| CoreError::Internal(format!("the validation task failed: {e}")))?
+    }
+
+    async fn run_request_to_end(
+        &self,
+        actor: &str,
+        record: RequestRecord,
+    ) -> Result<RequestRecord> {
         let id = record.id;
         let record = self
             .store
@@ -351,38 +381,65 @@ impl Core {
             )
             .await?;
         // From here on every outcome ends in `finish`: a request never stays `running`.
-        let outcome = match serde_json::from_str::<Params>(&record.parameters) {
-            Ok(params) => self.run_validation(actor, &record, &params).await,
-            Err(e) => Err(CoreError::Internal(format!(
-                "stored request parameters: {e}"
-            ))),
+        // Before the charge: everything that can fail on public inputs, with its reason shown
+        // (it depends on the request and on the node, not on the rows).
+        let prepared = match self.prepare_validation(&record).await {
+            Ok(p) => p,
+            Err(e) => {
+                let reason = uncharged_reason(id, e);
+                return self
+                    .finish(actor, id, RequestStatus::Failed, Some(reason), None)
+                    .await;
+            }
         };
+        if let Err(e) = self
+            .spend_for(actor, record.requester_id, &prepared.spend)
+            .await
+        {
+            let reason = uncharged_reason(id, e);
+            return self
+                .finish(actor, id, RequestStatus::Failed, Some(reason), None)
+                .await;
+        }
+        // After the charge: the release or the one fixed failure (see `charged`).
+        let started = Instant::now();
+        let outcome = after_charge(
+            "validation",
+            format!("request:{id}"),
+            prepared.run(self.datasets.clone(), self.model_pool.clone()),
+        )
+        .await;
+        // Run time is for the node's operators only, and coarse: the requester never sees it.
+        tracing::info!(
+            request = id,
+            seconds = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+            "validation run finished"
+        );
         match outcome {
-            Ok(result) => {
+            Charged::Released(released) => {
+                let result = validation_result(&released);
                 self.finish(actor, id, RequestStatus::Done, None, Some(result))
                     .await
             }
-            Err(e) => {
-                let reason = match &e {
-                    CoreError::Internal(detail) => {
-                        tracing::error!(request = id, error = %detail, "validation failed");
-                        "the validation failed on the node; its privacy cost was charged"
-                            .to_string()
-                    }
-                    other => other.to_string(),
-                };
-                self.finish(actor, id, RequestStatus::Failed, Some(reason), None)
-                    .await
+            Charged::Failed => {
+                self.finish(
+                    actor,
+                    id,
+                    RequestStatus::Failed,
+                    Some(CHARGED_FAILURE.into()),
+                    None,
+                )
+                .await
             }
         }
     }
 
-    async fn run_validation(
-        &self,
-        actor: &str,
-        record: &RequestRecord,
-        params: &Params,
-    ) -> Result<String> {
+    /// Everything a validation run needs, checked and loaded before anything is charged:
+    /// the request still fits the model and the dataset, the model plans, the dataset's
+    /// file is on this node, and the model is fast enough on synthetic rows.
+    async fn prepare_validation(&self, record: &RequestRecord) -> Result<PreparedValidation> {
+        let params: Params = serde_json::from_str(&record.parameters)
+            .map_err(|e| CoreError::Internal(format!("stored request parameters: {e}")))?;
         let model = self
             .store
             .get_model(&params.model, Some(params.version))
@@ -407,24 +464,15 @@ impl Core {
             &manifest.unit,
         )
         .map_err(|r| invalid(r.0))?;
-
-        // Pay first: nothing is read unless the requester's budget covers it.
         let dataset_name =
             DatasetName::parse(&dataset.name).map_err(|e| CoreError::Internal(e.to_string()))?;
-        self.spend_for(
-            actor,
-            record.requester_id,
-            &Spend {
-                dataset: Some(dataset_name),
-                epsilon: Epsilon::cost_from_f64(costed.epsilon)
-                    .map_err(|e| CoreError::Internal(e.to_string()))?,
-                delta: Delta::ZERO,
-                purpose: "validation".into(),
-                reference: format!("request:{}", record.id),
-                details: json!({"requester": record.requester, "model": record.target}),
-            },
-        )
-        .await?;
+        let dataset_key = veil_crypto::WrappedKey::from_bytes(dataset.wrapped_key.clone());
+        self.datasets
+            .check_readable(&dataset.file_id, &dataset_key)
+            .map_err(|e| {
+                tracing::error!(dataset = %dataset.name, error = %e, "dataset file not readable");
+                CoreError::DatasetUnavailable
+            })?;
 
         let bytes = self
             .datasets
@@ -434,199 +482,235 @@ impl Core {
             )
             .await
             .map_err(|e| CoreError::Internal(e.to_string()))?;
-        let started = Instant::now();
-        let deadline = started + self.settings.validation_time_limit;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let summary_for_load = summary.clone();
-        self.model_pool.spawn(move || {
-            let _ = tx.send(Model::load(&bytes, &summary_for_load));
-        });
-        let model_run = Arc::new(
-            rx.await
-                .map_err(|_| CoreError::Internal("model loading was interrupted".into()))?
-                .map_err(|e| CoreError::Internal(e.to_string()))?,
-        );
+        let probe = probe_rows(&manifest, &params.features, PROBE_ROWS);
+        let loaded_summary = summary.clone();
+        let (model_run, per_row) = self
+            .on_model_pool(move || {
+                let model = Model::load(&bytes, &loaded_summary)?;
+                let started = Instant::now();
+                for row in probe.chunks(model.n_features().max(1)) {
+                    // Failing on a synthetic row is fine; only the time matters here.
+                    let _ = model.predict_row(row);
+                }
+                let per_row = started.elapsed() / PROBE_ROWS as u32;
+                Ok::<_, veil_ml::ModelError>((model, per_row))
+            })
+            .await?
+            .map_err(|e| CoreError::InvalidModel(e.to_string()))?;
+        let limit = self.settings.validation_row_time_limit;
+        if per_row > limit {
+            return Err(invalid(format!(
+                "the model takes {:.1} ms per row on synthetic rows; this node allows {:.1} ms",
+                per_row.as_secs_f64() * 1e3,
+                limit.as_secs_f64() * 1e3
+            )));
+        }
         let classes = match &costed.task {
-            Task::Classification { classes } => Some(Arc::new(ClassMap::new(
+            Task::Classification { classes } => Some(ClassMap::new(
                 classes,
                 match &summary.kind {
                     ModelKind::Classifier { classes, .. } => classes.as_ref(),
                     _ => None,
                 },
-            ))),
+            )),
             Task::Regression { .. } => None,
         };
+        Ok(PreparedValidation {
+            spend: Spend {
+                dataset: Some(dataset_name),
+                epsilon: Epsilon::cost_from_f64(costed.epsilon)
+                    .map_err(|e| CoreError::Internal(e.to_string()))?,
+                delta: Delta::ZERO,
+                purpose: "validation".into(),
+                reference: format!("request:{}", record.id),
+                details: json!({"requester": record.requester, "model": record.target}),
+                opens: None,
+            },
+            model: Arc::new(model_run),
+            classes: classes.map(Arc::new),
+            costed,
+            file_id: dataset.file_id,
+            dataset_key,
+            manifest,
+            features: params.features,
+            label: params.label,
+        })
+    }
+}
 
-        let mut scan = self
-            .datasets
+/// Synthetic rows timed before the charge.
+const PROBE_ROWS: usize = 32;
+
+/// `n` rows of features drawn from the manifest's declared domains (public), row-major, in
+/// the model's input encoding (dates as day numbers, booleans as 0/1).
+fn probe_rows(manifest: &Manifest, features: &[String], n: usize) -> Vec<f32> {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    let mut out = Vec::with_capacity(n * features.len());
+    for _ in 0..n {
+        for f in features {
+            let v = match manifest.column(f).map(|c| &c.ty) {
+                Some(ColumnType::Int { lo, hi }) => rng.random_range(*lo..=*hi) as f32,
+                Some(ColumnType::Float { lo, hi }) => rng.random_range(*lo..=*hi) as f32,
+                Some(ColumnType::Date { lo, hi }) => rng.random_range(*lo..=*hi) as f32,
+                Some(ColumnType::Bool) => f32::from(u8::from(rng.random_bool(0.5))),
+                _ => 0.0,
+            };
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// The reason shown for a validation that failed before anything was charged. Those depend
+/// only on the request and the node; internal details still go to the log only.
+fn uncharged_reason(id: i64, e: CoreError) -> String {
+    match e {
+        CoreError::Internal(detail) => {
+            tracing::error!(request = id, error = %detail, "validation could not start");
+            "the node could not start this validation; nothing was charged".into()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// A released validation as stored in the request's result. No timing: how long a run took
+/// depends on the rows, so it is logged for the operators and never shown to the requester.
+fn validation_result(released: &ReleasedValidation) -> String {
+    json!({
+        "metrics": released.metrics(),
+        "confusion": released.confusion(),
+        "epsilon": released.epsilon(),
+        "mechanism": released.mechanism(),
+        "noise_scales": released.noise_scales(),
+        "confidence": released.confidence(),
+    })
+    .to_string()
+}
+
+/// A validation ready to run: charged, with everything loaded that can be loaded before.
+#[derive(Debug)]
+struct PreparedValidation {
+    spend: Spend,
+    model: Arc<Model>,
+    classes: Option<Arc<ClassMap>>,
+    costed: CostedValidation,
+    file_id: String,
+    dataset_key: veil_crypto::WrappedKey,
+    manifest: Manifest,
+    features: Vec<String>,
+    label: String,
+}
+
+impl PreparedValidation {
+    /// Scores every row (each alone, on the model pool) and releases the metrics. Runs after
+    /// the charge, inside [`after_charge`]: its error text is for the log only.
+    async fn run(
+        self,
+        datasets: Arc<veil_datasets::Storage>,
+        pool: Arc<rayon::ThreadPool>,
+    ) -> std::result::Result<ReleasedValidation, String> {
+        let mut scan = datasets
             .scan(
-                &dataset.file_id,
-                &veil_crypto::WrappedKey::from_bytes(dataset.wrapped_key.clone()),
-                &manifest,
-                &params.features,
-                &params.label,
+                &self.file_id,
+                &self.dataset_key,
+                &self.manifest,
+                &self.features,
+                &self.label,
             )
             .await
-            .map_err(|e| CoreError::Internal(e.to_string()))?;
-        let mut total = ExactValidation::new(&costed);
-        let (done_tx, mut done_rx) =
-            tokio::sync::mpsc::channel::<Result<ExactValidation>>(IN_FLIGHT);
-        let mut in_flight = 0usize;
-        let time_limit = || {
-            invalid(format!(
-                "the validation exceeded the {} s time limit; its privacy cost was charged",
-                self.settings.validation_time_limit.as_secs()
-            ))
-        };
+            .map_err(|e| e.to_string())?;
+        let mut total = ExactValidation::new(&self.costed);
+        let mut in_flight = std::collections::VecDeque::new();
         let mut scan_done = false;
-        while !scan_done || in_flight > 0 {
-            if Instant::now() > deadline {
-                return Err(time_limit());
-            }
-            if !scan_done && in_flight < IN_FLIGHT {
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                match tokio::time::timeout(remaining, scan.next()).await {
-                    Err(_) => return Err(time_limit()),
-                    Ok(None) => scan_done = true,
-                    Ok(Some(batch)) => {
-                        let batch = batch.map_err(|e| CoreError::Internal(e.to_string()))?;
-                        let (model_run, classes, costed, tx) = (
-                            model_run.clone(),
-                            classes.clone(),
-                            costed.clone(),
-                            done_tx.clone(),
+        loop {
+            while !scan_done && in_flight.len() < IN_FLIGHT {
+                match scan.next().await {
+                    None => scan_done = true,
+                    Some(batch) => {
+                        let batch = batch.map_err(|e| e.to_string())?;
+                        let (model, classes, costed) = (
+                            self.model.clone(),
+                            self.classes.clone(),
+                            self.costed.clone(),
                         );
-                        in_flight += 1;
-                        self.model_pool.spawn(move || {
-                            let _ = tx.blocking_send(score_batch(
-                                &model_run,
-                                classes.as_deref(),
-                                &costed,
-                                batch,
-                            ));
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        pool.spawn(move || {
+                            let _ =
+                                tx.send(score_batch(&model, classes.as_deref(), &costed, &batch));
                         });
+                        in_flight.push_back(rx);
                     }
                 }
-                continue;
             }
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(remaining, done_rx.recv()).await {
-                Err(_) => return Err(time_limit()),
-                Ok(None) => break,
-                Ok(Some(partial)) => {
-                    in_flight -= 1;
-                    total.merge(&partial?);
-                }
-            }
+            let Some(next) = in_flight.pop_front() else {
+                break;
+            };
+            let partial = next
+                .await
+                .map_err(|_| "a scoring job stopped without a result".to_string())??;
+            total.merge(&partial);
         }
-        let released = tokio::task::spawn_blocking(move || {
+        let costed = self.costed;
+        tokio::task::spawn_blocking(move || {
             let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
             release_validation(&costed, total, &mut rng)
         })
         .await
-        .map_err(|e| CoreError::Internal(e.to_string()))?
-        .map_err(|e| CoreError::Internal(e.to_string()))?;
-        serde_json::to_string(&json!({
-            "metrics": released.metrics(),
-            "confusion": released.confusion(),
-            "epsilon": released.epsilon(),
-            "mechanism": released.mechanism(),
-            "noise_scales": released.noise_scales(),
-            "confidence": released.confidence(),
-            "seconds": started.elapsed().as_secs_f64(),
-        }))
-        .map_err(|e| CoreError::Internal(e.to_string()))
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
     }
 }
 
-/// A label no category can have (categories are printable text).
-const FAILED_ROW: &str = "\u{0}failed";
-
-/// Predicts a batch one row at a time. A row the model fails on gets a prediction no class
-/// map recognises (so it counts in the "(other)" column) or NaN (clipped to the lower bound).
-fn predict_row_by_row(model: &Model, batch: &veil_datasets::ScanBatch) -> Prediction {
-    let width = model.n_features().max(1);
-    let rows: Vec<Option<Prediction>> = batch
-        .features
-        .chunks(width)
-        .take(batch.rows)
-        .map(|row| model.predict(row, 1).ok())
-        .collect();
-    match rows.iter().flatten().next() {
-        Some(Prediction::Values(_)) => Prediction::Values(
-            rows.iter()
-                .map(|p| match p {
-                    Some(Prediction::Values(v)) => v.first().copied().unwrap_or(f64::NAN),
-                    _ => f64::NAN,
-                })
-                .collect(),
-        ),
-        Some(Prediction::IntLabels(_)) => Prediction::IntLabels(
-            rows.iter()
-                .map(|p| match p {
-                    Some(Prediction::IntLabels(v)) => v.first().copied().unwrap_or(i64::MIN),
-                    _ => i64::MIN,
-                })
-                .collect(),
-        ),
-        Some(Prediction::ClassIndices(_)) => Prediction::ClassIndices(
-            rows.iter()
-                .map(|p| match p {
-                    Some(Prediction::ClassIndices(v)) => v.first().copied().unwrap_or(usize::MAX),
-                    _ => usize::MAX,
-                })
-                .collect(),
-        ),
-        Some(Prediction::StringLabels(_)) | None => Prediction::StringLabels(
-            rows.iter()
-                .map(|p| match p {
-                    Some(Prediction::StringLabels(v)) => {
-                        v.first().cloned().unwrap_or_else(|| FAILED_ROW.into())
-                    }
-                    _ => FAILED_ROW.into(),
-                })
-                .collect(),
-        ),
-    }
-}
-
-/// Runs the model on one batch and tallies it (on a model-pool thread).
+/// Runs the model on each row of a batch, alone, and tallies it (on a model-pool thread).
+///
+/// Whether the model fails on a row may depend on that row (a model can be built to fail on
+/// one value), so a failure neither ends the run nor reaches the requester: the row counts
+/// as a prediction outside the classes ("(other)") or, for a regressor, as NaN (clipped to
+/// the label's lower bound). What kind of prediction is expected comes from the task, fixed
+/// before the charge, never from the rows.
 fn score_batch(
     model: &Model,
     classes: Option<&ClassMap>,
     costed: &CostedValidation,
-    batch: veil_datasets::ScanBatch,
-) -> Result<ExactValidation> {
+    batch: &veil_datasets::ScanBatch,
+) -> std::result::Result<ExactValidation, String> {
     let mut exact = ExactValidation::new(costed);
-    // Whether a model fails may depend on the private rows (a model can be built to fail on
-    // one value), so a failure must not end the run or reach the requester: rows the model
-    // cannot predict count as wrong predictions inside the DP release instead.
-    let prediction = match model.predict(&batch.features, batch.rows) {
-        Ok(p) => p,
-        Err(_) => predict_row_by_row(model, &batch),
-    };
-    match (classes, &batch.labels, &prediction) {
-        (Some(map), veil_datasets::Labels::Text(labels), _) => {
-            for (i, l) in labels.iter().enumerate() {
-                if let Some(t) = map.truth(l) {
-                    exact.add_classified(t, map.predicted(&prediction, i));
-                }
+    let rows = batch
+        .features
+        .chunks(model.n_features().max(1))
+        .take(batch.rows);
+    let classify =
+        |exact: &mut ExactValidation, row: &[f32], truth: Option<usize>, map: &ClassMap| {
+            if let Some(t) = truth {
+                let predicted = model.predict_row(row).ok().and_then(|o| map.class_of(&o));
+                exact.add_classified(t, predicted);
+            }
+        };
+    match (classes, &batch.labels) {
+        (Some(map), veil_datasets::Labels::Text(labels)) => {
+            for (row, l) in rows.zip(labels) {
+                classify(&mut exact, row, map.truth(l), map);
             }
         }
-        (Some(map), veil_datasets::Labels::Numbers(values), _) => {
-            for (i, v) in values.iter().enumerate() {
-                let label = format!("{}", *v as i64);
-                if let Some(t) = map.truth(&label) {
-                    exact.add_classified(t, map.predicted(&prediction, i));
-                }
+        (Some(map), veil_datasets::Labels::Numbers(values)) => {
+            for (row, v) in rows.zip(values) {
+                classify(&mut exact, row, map.truth(&format!("{}", *v as i64)), map);
             }
         }
-        (None, veil_datasets::Labels::Numbers(values), Prediction::Values(preds)) => {
-            for (y, p) in values.iter().zip(preds) {
-                exact.add_regressed(*y, *p);
+        (None, veil_datasets::Labels::Numbers(values)) => {
+            for (row, y) in rows.zip(values) {
+                let predicted = match model.predict_row(row) {
+                    Ok(Output::Value(v)) => v,
+                    _ => f64::NAN,
+                };
+                exact.add_regressed(*y, predicted);
             }
         }
-        _ => return Err(invalid("the model's output does not fit the label column")),
+        // The label's type comes from the manifest, so this is a bug, not a property of rows.
+        (None, veil_datasets::Labels::Text(_)) => {
+            return Err("a regression label was read as text".into());
+        }
     }
     Ok(exact)
 }

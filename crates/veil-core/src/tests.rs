@@ -456,6 +456,7 @@ async fn spending_is_charged_once_refused_when_exhausted_and_audited_either_way(
         purpose: "query".into(),
         reference: "sha256:1".into(),
         details: serde_json::json!({}),
+        opens: None,
     };
     assert!(matches!(
         n.core.spend(&ana, &spend).await,

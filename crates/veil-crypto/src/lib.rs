@@ -11,6 +11,7 @@ pub mod audit;
 pub mod blob;
 pub mod keys;
 pub mod password;
+pub mod prf;
 pub mod random;
 pub mod signing;
 pub mod spool;

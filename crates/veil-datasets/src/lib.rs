@@ -10,10 +10,12 @@
 //! [`Storage`] is the only holder of the master key on this path: callers get wrapped keys
 //! and hand them back; raw data keys never leave this crate.
 
+mod dates;
 mod fixed;
 mod ingest;
 pub mod models;
 mod query;
+mod rowkey;
 pub mod scan;
 pub mod schema;
 
@@ -28,7 +30,18 @@ use veil_dp::{CostedPlan, ExactResult, Manifest};
 
 pub use ingest::{Format, IngestError};
 pub use models::{ModelFileError, StoredModel};
-pub use query::{ExecError, execute_unencrypted};
+pub use query::{ExecError, PreparedQuery, execute_unencrypted};
+
+/// Why a query could not be prepared (nothing has been read, so nothing need be charged).
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// The dataset's file is not on this node, or its key does not unwrap here.
+    #[error("the dataset is not available on this node: {0}")]
+    Unavailable(String),
+    /// The generated SQL did not plan: a bug in the renderer, caught before any charge.
+    #[error("the query did not plan: {0}")]
+    Plan(String),
+}
 pub use scan::{Labels, ScanBatch, ScanStream};
 pub use schema::Violation;
 
@@ -64,6 +77,9 @@ pub struct Storage {
     master: Arc<MasterKey>,
     /// Threads a query may use.
     threads: usize,
+    /// The key ranking a unit's rows when its contribution is bounded: fresh per session
+    /// (`None`), except in tests that need the same choice twice.
+    row_key: Option<veil_crypto::prf::Prf>,
 }
 
 fn label(file_id: &str) -> String {
@@ -91,7 +107,15 @@ impl Storage {
             dir,
             master,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            row_key: None,
         })
+    }
+
+    /// Ranks bounded rows under a fixed key (tests comparing two runs' choices).
+    #[cfg(test)]
+    pub(crate) fn with_row_key(mut self, key: [u8; 32]) -> Self {
+        self.row_key = Some(veil_crypto::prf::Prf::with_key(key));
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -186,7 +210,47 @@ impl Storage {
         }
     }
 
-    /// Computes a plan's exact measures over a dataset file.
+    /// Checks, without reading any row, that a dataset's file is on this node and its key
+    /// unwraps: callers check this before charging for a run over it (a node that shares its
+    /// store with others may not hold every dataset's file).
+    pub fn check_readable(&self, file_id: &str, wrapped_key: &WrappedKey) -> Result<(), ExecError> {
+        if !Self::valid_id(file_id) {
+            return Err(ExecError("invalid file id".into()));
+        }
+        let path = self.path(file_id);
+        if !path.is_file() {
+            return Err(ExecError(format!(
+                "dataset file {} is missing",
+                path.display()
+            )));
+        }
+        self.master
+            .unwrap_key(wrapped_key, &label(file_id))
+            .map(drop)
+            .map_err(|e| ExecError(e.to_string()))
+    }
+
+    /// Prepares a plan's measures over a dataset file (everything short of reading rows; see
+    /// [`PreparedQuery`]). Callers prepare before charging, and run after.
+    pub async fn prepare(
+        &self,
+        file_id: &str,
+        wrapped_key: &WrappedKey,
+        manifest: &Manifest,
+        costed: &CostedPlan,
+    ) -> Result<PreparedQuery, PrepareError> {
+        self.check_readable(file_id, wrapped_key)
+            .map_err(|e| PrepareError::Unavailable(e.0))?;
+        let ctx = self
+            .session(file_id, wrapped_key, manifest)
+            .await
+            .map_err(|e| PrepareError::Unavailable(e.0))?;
+        query::prepare(ctx, manifest, costed)
+            .await
+            .map_err(|e| PrepareError::Plan(e.0))
+    }
+
+    /// Computes a plan's exact measures over a dataset file (prepare, then run).
     pub async fn execute(
         &self,
         file_id: &str,
@@ -194,8 +258,11 @@ impl Storage {
         manifest: &Manifest,
         costed: &CostedPlan,
     ) -> Result<ExactResult, ExecError> {
-        let ctx = self.session(file_id, wrapped_key, manifest).await?;
-        query::execute(&ctx, manifest, costed).await
+        self.prepare(file_id, wrapped_key, manifest, costed)
+            .await
+            .map_err(|e| ExecError(e.to_string()))?
+            .run()
+            .await
     }
 
     /// A DataFusion session with the dataset registered as `data`.
@@ -226,6 +293,9 @@ impl Storage {
             },
             manifest,
             self.threads,
+            self.row_key
+                .clone()
+                .unwrap_or_else(veil_crypto::prf::Prf::random),
         )
         .await
     }

@@ -24,7 +24,7 @@ use parquet::encryption::decrypt::FileDecryptionProperties;
 use parquet::encryption::encrypt::FileEncryptionProperties;
 use veil_crypto::DataKey;
 use veil_dp::exact::{ExactResult, KeyValue, Measure, measures as plan_measures};
-use veil_dp::plan::{CmpOp, DateUnit, Filter, GroupKey, KeySet, Literal};
+use veil_dp::plan::{DateUnit, Filter, GroupKey, KeySet, Literal};
 use veil_dp::{CostedPlan, PrivacyUnit};
 
 /// The table name inside the per-query session.
@@ -99,32 +99,37 @@ fn literal(l: &Literal) -> String {
     }
 }
 
+/// Renders a filter flat: an n-ary AND or OR is one parenthesised list and a leaf carries no
+/// parentheses of its own (comparisons, IN, IS and BETWEEN bind tighter than AND and OR), so
+/// the text nests only as deep as the filter's AND/OR depth, which the planner bounds.
 fn filter_sql(f: &Filter) -> String {
+    let join = |xs: &[Filter], op: &str| {
+        if xs.is_empty() {
+            // Never built by the planner; the neutral element keeps the SQL valid.
+            return if op == " AND " { "TRUE" } else { "FALSE" }.to_string();
+        }
+        format!(
+            "({})",
+            xs.iter().map(filter_sql).collect::<Vec<_>>().join(op)
+        )
+    };
     match f {
-        Filter::And(a, b) => format!("({} AND {})", filter_sql(a), filter_sql(b)),
-        Filter::Or(a, b) => format!("({} OR {})", filter_sql(a), filter_sql(b)),
-        Filter::Not(a) => format!("(NOT {})", filter_sql(a)),
+        Filter::And(xs) => join(xs, " AND "),
+        Filter::Or(xs) => join(xs, " OR "),
         Filter::Cmp { column, op, value } => {
-            let op = match op {
-                CmpOp::Eq => "=",
-                CmpOp::NotEq => "<>",
-                CmpOp::Lt => "<",
-                CmpOp::LtEq => "<=",
-                CmpOp::Gt => ">",
-                CmpOp::GtEq => ">=",
-            };
-            format!("({} {op} {})", quote(column), literal(value))
+            format!("{} {} {}", quote(column), op.sql(), literal(value))
         }
         Filter::In {
             column,
             values,
             negated,
         } => format!(
-            "({} {}IN ({}))",
+            "{} {}IN ({})",
             quote(column),
             if *negated { "NOT " } else { "" },
             values.iter().map(literal).collect::<Vec<_>>().join(", ")
         ),
+        // Parenthesised: its own AND must not read as the list's.
         Filter::Between {
             column,
             low,
@@ -137,23 +142,26 @@ fn filter_sql(f: &Filter) -> String {
             literal(low),
             literal(high)
         ),
-        Filter::IsNull { column, negated } => {
-            format!(
-                "({} IS {}NULL)",
-                quote(column),
-                if *negated { "NOT " } else { "" }
-            )
-        }
-        Filter::IsTrue { column } => format!("({} = TRUE)", quote(column)),
+        Filter::IsNull { column, negated } => format!(
+            "{} IS {}NULL",
+            quote(column),
+            if *negated { "NOT " } else { "" }
+        ),
+        Filter::IsBool { column, value } => format!(
+            "{} = {}",
+            quote(column),
+            if *value { "TRUE" } else { "FALSE" }
+        ),
     }
 }
 
+/// A date bucket's first day, computed on the day number (see [`crate::dates`]).
 fn key_sql(k: &GroupKey) -> String {
     match &k.keys {
         KeySet::Dates { unit, .. } => match unit {
             DateUnit::Day => quote(&k.column),
-            DateUnit::Month => format!("CAST(date_trunc('month', {}) AS DATE)", quote(&k.column)),
-            DateUnit::Year => format!("CAST(date_trunc('year', {}) AS DATE)", quote(&k.column)),
+            DateUnit::Month => format!("{}({})", crate::dates::MONTH_START, quote(&k.column)),
+            DateUnit::Year => format!("{}({})", crate::dates::YEAR_START, quote(&k.column)),
         },
         _ => quote(&k.column),
     }
@@ -188,20 +196,39 @@ fn base_sql(plan: &veil_dp::QueryPlan) -> String {
         .as_ref()
         .map(|f| format!(" WHERE {}", filter_sql(f)))
         .unwrap_or_default();
-    bounded_rows(&plan.unit, &filter)
+    bounded_rows(&plan.unit, &filter, &plan.columns_read())
 }
 
 /// `SELECT *` over the table's rows (after `filter`, a `WHERE` clause or empty), keeping at
-/// most `max_rows` rows per privacy unit. Which rows is arbitrary but depends only on that
-/// unit's own rows, so one unit still moves every measure by at most `max_rows` rows. Every
-/// read of private rows (queries and model scans) goes through this.
-pub(crate) fn bounded_rows(unit: &PrivacyUnit, filter: &str) -> String {
+/// most `max_rows` rows per privacy unit. Every read of private rows (queries and model
+/// scans) goes through this.
+///
+/// Which rows of a unit are kept is a function of that unit's own rows only: they are ranked
+/// by the keyed row key of the columns the read uses (`columns`; rows equal on all of them
+/// are interchangeable for it), then by those columns, under a key fresh for each session
+/// (see [`crate::rowkey`]). So one unit moves every measure by at most `max_rows` rows, and
+/// no other unit's presence changes which of its rows count.
+pub(crate) fn bounded_rows(unit: &PrivacyUnit, filter: &str, columns: &[String]) -> String {
     match unit {
         PrivacyUnit::Row => format!("SELECT * FROM {TABLE}{filter}"),
-        PrivacyUnit::Id { column, max_rows } => format!(
-            "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY {}) AS __veil_rn FROM {TABLE}{filter}) WHERE __veil_rn <= {max_rows}",
-            quote(column)
-        ),
+        PrivacyUnit::Id { column, max_rows } => {
+            let order = if columns.is_empty() {
+                // The read uses no column: every row is the same to it.
+                String::new()
+            } else {
+                let cols: Vec<String> = columns.iter().map(|c| quote(c)).collect();
+                format!(
+                    " ORDER BY {}({}), {}",
+                    crate::rowkey::NAME,
+                    cols.join(", "),
+                    cols.join(", ")
+                )
+            };
+            format!(
+                "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY {}{order}) AS __veil_rn FROM {TABLE}{filter}) WHERE __veil_rn <= {max_rows}",
+                quote(column)
+            )
+        }
     }
 }
 
@@ -336,6 +363,7 @@ pub(crate) async fn session(
     file: FileRef,
     manifest: &veil_dp::Manifest,
     threads: usize,
+    row_key: veil_crypto::prf::Prf,
 ) -> Result<SessionContext, ExecError> {
     let err = |e: datafusion::error::DataFusionError| ExecError(e.to_string());
     let runtime = RuntimeEnvBuilder::new()
@@ -359,6 +387,11 @@ pub(crate) async fn session(
         .with_collect_statistics(false);
     let ctx = SessionContext::new_with_config_rt(config, runtime);
     ctx.register_udf(crate::fixed::udf());
+    for f in crate::dates::udfs() {
+        ctx.register_udf(f);
+    }
+    // A fresh key per session (so per query or scan) outside tests.
+    ctx.register_udf(crate::rowkey::udf_with(row_key));
     let listing = ListingOptions::new(Arc::new(ParquetFormat::new().with_options(options)))
         .with_file_extension(".parquet");
     let url = ListingTableUrl::parse(file.path.to_string_lossy()).map_err(err)?;
@@ -373,50 +406,101 @@ pub(crate) async fn session(
     Ok(ctx)
 }
 
-/// Computes `costed`'s exact measures in a session from [`session`].
-pub(crate) async fn execute(
-    ctx: &SessionContext,
+/// A query whose SQL has been rendered, parsed and planned (logically and physically)
+/// against its file, without reading a row. What is left to fail after this is the node
+/// itself (a file removed mid-run, a full disk), never a property of the rows.
+pub struct PreparedQuery {
+    /// Keeps the session (its runtime, keys and functions) alive with the plans.
+    _ctx: SessionContext,
+    scalar: Option<Arc<dyn datafusion::physical_plan::ExecutionPlan>>,
+    histograms: Vec<(usize, Arc<dyn datafusion::physical_plan::ExecutionPlan>)>,
+    measures: Vec<Measure>,
+    nkeys: usize,
+    task: Arc<datafusion::execution::TaskContext>,
+}
+
+impl std::fmt::Debug for PreparedQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedQuery")
+            .field("measures", &self.measures.len())
+            .field("histograms", &self.histograms.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Renders and plans `costed`'s measures in a session from [`session`].
+pub(crate) async fn prepare(
+    ctx: SessionContext,
     manifest: &veil_dp::Manifest,
     costed: &CostedPlan,
-) -> Result<ExactResult, ExecError> {
+) -> Result<PreparedQuery, ExecError> {
     let err = |e: datafusion::error::DataFusionError| ExecError(e.to_string());
     let measures = plan_measures(&costed.plan);
     let (scalar, histograms) = render(&costed.plan, manifest, &measures);
-
-    let mut exact = ExactResult::new(measures.clone());
-    let nkeys = costed.plan.keys.len();
-    if !scalar.is_empty() {
-        let batches = ctx
-            .sql(&scalar)
-            .await
-            .map_err(err)?
-            .collect()
-            .await
-            .map_err(err)?;
-        for b in &batches {
-            read_scalar(b, nkeys, &measures, &mut exact)?;
-        }
-    }
+    let scalar = if scalar.is_empty() {
+        None
+    } else {
+        Some(
+            ctx.sql(&scalar)
+                .await
+                .map_err(err)?
+                .create_physical_plan()
+                .await
+                .map_err(err)?,
+        )
+    };
+    let mut planned = Vec::with_capacity(histograms.len());
     for (mi, sql) in histograms {
-        let batches = ctx
+        let plan = ctx
             .sql(&sql)
             .await
             .map_err(err)?
-            .collect()
+            .create_physical_plan()
             .await
             .map_err(err)?;
-        for b in &batches {
-            for row in 0..b.num_rows() {
-                let key = (0..nkeys)
-                    .map(|k| key_value(b.column(k).as_ref(), row))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let bucket = int_value(b.column(nkeys).as_ref(), row)?;
-                let n = int_value(b.column(nkeys + 1).as_ref(), row)?;
-                exact.add(key, mi, usize::try_from(bucket).unwrap_or(usize::MAX), n);
+        planned.push((mi, plan));
+    }
+    Ok(PreparedQuery {
+        task: ctx.task_ctx(),
+        _ctx: ctx,
+        scalar,
+        histograms: planned,
+        measures,
+        nkeys: costed.plan.keys.len(),
+    })
+}
+
+impl PreparedQuery {
+    /// Reads the rows and computes the exact measures.
+    pub async fn run(self) -> Result<ExactResult, ExecError> {
+        let err = |e: datafusion::error::DataFusionError| ExecError(e.to_string());
+        let nkeys = self.nkeys;
+        let mut exact = ExactResult::new(self.measures.clone());
+        if let Some(plan) = self.scalar {
+            let batches = datafusion::physical_plan::collect(plan, self.task.clone())
+                .await
+                .map_err(err)?;
+            for b in &batches {
+                read_scalar(b, nkeys, &self.measures, &mut exact)?;
             }
         }
+        for (mi, plan) in self.histograms {
+            let batches = datafusion::physical_plan::collect(plan, self.task.clone())
+                .await
+                .map_err(err)?;
+            for b in &batches {
+                for row in 0..b.num_rows() {
+                    let key = (0..nkeys)
+                        .map(|k| key_value(b.column(k).as_ref(), row))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let bucket = int_value(b.column(nkeys).as_ref(), row)?;
+                    let n = int_value(b.column(nkeys + 1).as_ref(), row)?;
+                    exact.add(key, mi, usize::try_from(bucket).unwrap_or(usize::MAX), n);
+                }
+            }
+        }
+        Ok(exact)
     }
-    Ok(exact)
 }
 
 /// The executor over an unencrypted Parquet file with the manifest's stored schema. Nodes
@@ -432,8 +516,8 @@ pub async fn execute_unencrypted(
         path: path.to_path_buf(),
         key: None,
     };
-    let ctx = session(file, manifest, threads).await?;
-    execute(&ctx, manifest, costed).await
+    let ctx = session(file, manifest, threads, veil_crypto::prf::Prf::random()).await?;
+    prepare(ctx, manifest, costed).await?.run().await
 }
 
 fn read_scalar(

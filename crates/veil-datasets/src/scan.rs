@@ -91,9 +91,13 @@ impl Storage {
             .map(|(i, c)| format!("{c} AS c{i}"))
             .collect::<Vec<_>>()
             .join(", ");
+        let mut read: Vec<String> = features.to_vec();
+        read.push(label.to_string());
+        read.sort_unstable();
+        read.dedup();
         let sql = format!(
             "SELECT {select} FROM ({})",
-            crate::query::bounded_rows(&manifest.unit, "")
+            crate::query::bounded_rows(&manifest.unit, "", &read)
         );
         let ctx = self.session(file_id, wrapped_key, manifest).await?;
         let stream = ctx

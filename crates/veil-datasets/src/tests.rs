@@ -376,6 +376,61 @@ async fn each_unit_contributes_at_most_max_rows() {
     assert_eq!(value(&rows[0][1]).round(), 33.0);
 }
 
+/// Which rows of a unit are kept is a function of that unit's rows (and the query's key)
+/// only: shuffling the file, or adding another person, changes nothing for the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rows_a_unit_keeps_do_not_depend_on_other_rows() {
+    let m = Manifest::parse(
+        "[privacy]\nunit = { column = \"pid\", max_rows = 2 }\n[columns.pid]\ntype = \"id\"\n[columns.x]\ntype = \"int\"\nbounds = [0, 1000]",
+    )
+    .expect("manifest");
+    // 20 people with 12 distinct values each; 2 rows of each are kept.
+    let mut rows: Vec<String> = (0..20)
+        .flat_map(|p| (0..12).map(move |k| format!("p{p},{}\n", p * 37 + k * 3)))
+        .collect();
+    let csv = |rows: &[String]| format!("pid,x\n{}", rows.concat());
+    let key = [7u8; 32];
+    let (_d, s) = storage();
+    let s = s.with_row_key(key);
+    let sum = |text: String| {
+        let s = &s;
+        let m = &m;
+        async move {
+            let f = s
+                .ingest(m, Format::Csv, body(&text, 100), Limits::default())
+                .await
+                .expect("ingest");
+            value(&answer(s, &f, m, "SELECT SUM(x) FROM patients").await[0][0]).round()
+        }
+    };
+    let original = sum(csv(&rows)).await;
+    // The same rows in another order (a different interleaving of people and batches).
+    rows.reverse();
+    rows.rotate_left(77);
+    assert_eq!(
+        sum(csv(&rows)).await,
+        original,
+        "order changed the kept rows"
+    );
+    // One more person: the sum grows by exactly what that person's kept rows hold.
+    let newcomer: Vec<String> = (0..12).map(|k| format!("zz,{}\n", 900 + k)).collect();
+    let alone = sum(csv(&newcomer)).await;
+    let mut with = rows.clone();
+    for (i, r) in newcomer.into_iter().enumerate() {
+        with.insert(i * 19, r);
+    }
+    assert_eq!(sum(csv(&with)).await, original + alone);
+    // A different key keeps different rows (the choice is the key's, not the file's).
+    let (_d2, other) = storage();
+    let other = other.with_row_key([8u8; 32]);
+    let f = other
+        .ingest(&m, Format::Csv, body(&csv(&rows), 100), Limits::default())
+        .await
+        .expect("ingest");
+    let rekeyed = value(&answer(&other, &f, &m, "SELECT SUM(x) FROM patients").await[0][0]).round();
+    assert_ne!(rekeyed, original);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_cannot_be_read_with_another_datasets_key_or_after_removal() {
     let (_d, s) = storage();
@@ -408,4 +463,273 @@ async fn a_file_cannot_be_read_with_another_datasets_key_or_after_removal() {
             .is_err()
     );
     assert!(s.remove("../../etc/passwd").is_err());
+}
+
+/// Every column type at both ends of its declared bounds (and null where allowed), with an
+/// id unit: the dataset the properties below run on.
+const EXTREMES: &str = r#"
+    [privacy]
+    unit = { column = "pid", max_rows = 2 }
+    [columns.pid]
+    type = "id"
+    [columns.age]
+    type = "int"
+    bounds = [0, 120]
+    [columns.big]
+    type = "int"
+    bounds = [-1000000000000000, 1000000000000000]
+    [columns.income]
+    type = "float"
+    bounds = [-1000000000000000.0, 1000000000000000.0]
+    [columns.sex]
+    type = "category"
+    categories = ["F", "M"]
+    nullable = true
+    [columns.smoker]
+    type = "bool"
+    nullable = true
+    [columns.born]
+    type = "date"
+    bounds = ["0001-01-01", "0400-12-31"]
+    [columns.until]
+    type = "date"
+    bounds = ["9990-01-01", "9999-12-31"]
+    [columns.city]
+    type = "text"
+    nullable = true
+"#;
+
+fn extremes_csv() -> String {
+    let mut s = String::from("pid,age,big,income,sex,smoker,born,until,city\n");
+    let lo = "0,-1000000000000000,-1000000000000000.0,F,false,0001-01-01,9990-01-01,Lyon";
+    let hi = "120,1000000000000000,1000000000000000.0,M,true,0400-12-31,9999-12-31,Zagreb";
+    let mid = "60,0,0.5,,,0200-02-28,9995-06-15,";
+    for (i, row) in [lo, hi, mid, lo, hi, mid, hi].iter().enumerate() {
+        s.push_str(&format!("p{},{row}\n", i % 4));
+    }
+    s
+}
+
+/// Random queries from the supported grammar (and just outside it), with literals at, inside
+/// and beyond the declared bounds.
+fn random_query(rng: &mut impl rand::Rng) -> (String, QueryOptions) {
+    use rand::seq::IndexedRandom;
+    let numeric = ["age", "big", "income", "born", "until"];
+    let literal = |rng: &mut dyn rand::RngCore, col: &str| -> String {
+        let pick = |rng: &mut dyn rand::RngCore, v: &[&str]| {
+            v[(rng.next_u32() as usize) % v.len()].to_string()
+        };
+        match col {
+            "age" => pick(rng, &["0", "120", "60", "-1", "121", "99999999999"]),
+            "big" => pick(
+                rng,
+                &[
+                    "-1000000000000000",
+                    "1000000000000000",
+                    "0",
+                    "9223372036854775807",
+                ],
+            ),
+            "income" => pick(rng, &["-1000000000000000.0", "1e15", "0.5", "1e300"]),
+            "born" => pick(rng, &["'0001-01-01'", "'0400-12-31'", "'0200-02-28'"]),
+            "until" => pick(rng, &["'9990-01-01'", "'9999-12-31'", "'9995-06-15'"]),
+            "sex" => pick(rng, &["'F'", "'M'", "'X'"]),
+            "city" => pick(rng, &["'Lyon'", "''", "'O''Brien'"]),
+            _ => pick(rng, &["TRUE", "FALSE"]),
+        }
+    };
+    fn filter(
+        rng: &mut dyn rand::RngCore,
+        depth: u32,
+        lit: &dyn Fn(&mut dyn rand::RngCore, &str) -> String,
+    ) -> String {
+        let cols = ["age", "big", "income", "born", "until", "sex", "city"];
+        let col = cols[(rng.next_u32() as usize) % cols.len()];
+        let choice = if depth == 0 {
+            rng.next_u32() % 5
+        } else {
+            rng.next_u32() % 8
+        };
+        match choice {
+            0 => format!(
+                "{col} {} {}",
+                ["=", "<>", "<", "<=", ">", ">="][(rng.next_u32() % 6) as usize],
+                lit(rng, col)
+            ),
+            1 => format!("{col} IN ({}, {})", lit(rng, col), lit(rng, col)),
+            2 => format!("{col} BETWEEN {} AND {}", lit(rng, col), lit(rng, col)),
+            3 => format!(
+                "{col} IS {}NULL",
+                if rng.next_u32().is_multiple_of(2) {
+                    "NOT "
+                } else {
+                    ""
+                }
+            ),
+            4 => "smoker".into(),
+            5 => format!("NOT ({})", filter(rng, depth - 1, lit)),
+            6 => format!(
+                "({}) AND ({})",
+                filter(rng, depth - 1, lit),
+                filter(rng, depth - 1, lit)
+            ),
+            _ => format!(
+                "({}) OR {}",
+                filter(rng, depth - 1, lit),
+                filter(rng, depth - 1, lit)
+            ),
+        }
+    }
+    let mut keys: Vec<String> = Vec::new();
+    for _ in 0..rng.random_range(0..3) {
+        let k = match rng.random_range(0..7) {
+            0 => "age".to_string(),
+            1 => "sex".into(),
+            2 => "smoker".into(),
+            3 => "city".into(),
+            4 => format!(
+                "date_trunc('{}', born)",
+                ["year", "month", "day"].choose(rng).expect("unit")
+            ),
+            5 => format!(
+                "date_trunc('{}', until)",
+                ["year", "month", "day"].choose(rng).expect("unit")
+            ),
+            _ => "big".into(),
+        };
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    let mut items: Vec<String> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| format!("{k} AS k{i}"))
+        .collect();
+    for _ in 0..rng.random_range(1..4) {
+        let col = numeric.choose(rng).expect("column");
+        items.push(match rng.random_range(0..8) {
+            0 => "COUNT(*)".into(),
+            1 => format!(
+                "COUNT({})",
+                ["sex", "city", "smoker", "age"].choose(rng).expect("c")
+            ),
+            2 => format!("SUM({col})"),
+            3 => format!("AVG({col})"),
+            4 => format!("VARIANCE({col})"),
+            5 => format!("STDDEV({col})"),
+            6 => format!("MEDIAN({col})"),
+            _ => format!(
+                "QUANTILE({col}, {})",
+                [0.0, 0.01, 0.5, 1.0].choose(rng).expect("q")
+            ),
+        });
+    }
+    let mut sql = format!("SELECT {} FROM patients", items.join(", "));
+    if rng.random_bool(0.7) {
+        let depth = rng.random_range(0..5);
+        sql.push_str(&format!(" WHERE {}", filter(rng, depth, &literal)));
+    }
+    if !keys.is_empty() {
+        let g: Vec<String> = (0..keys.len()).map(|i| format!("k{i}")).collect();
+        sql.push_str(&format!(" GROUP BY {}", g.join(", ")));
+        if rng.random_bool(0.3) {
+            sql.push_str(" ORDER BY k0 DESC LIMIT 3");
+        }
+    }
+    let options = QueryOptions {
+        epsilon: *[1e-6, 0.01, 1.0, 1e3, 1e6].choose(rng).expect("ε"),
+        delta: *[0.0, 1e-9].choose(rng).expect("δ"),
+        ..QueryOptions::default()
+    };
+    (sql, options)
+}
+
+/// Every plan the validator accepts executes and releases, on values at both ends of every
+/// declared bound: a query cannot be charged and then fail (which would tell whether a row
+/// holds an extreme value).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_accepted_plan_executes_on_values_at_the_bounds() {
+    use rand::SeedableRng;
+    let (_d, s) = storage();
+    let m = Manifest::parse(EXTREMES).expect("manifest");
+    let f = s
+        .ingest(
+            &m,
+            Format::Csv,
+            body(&extremes_csv(), 50),
+            Limits::default(),
+        )
+        .await
+        .expect("ingest");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(16);
+    let (mut accepted, mut refused) = (0, 0);
+    for _ in 0..400 {
+        let (query, options) = random_query(&mut rng);
+        let Ok(costed) = sql::plan(&query, "patients", &m, options).and_then(cost) else {
+            refused += 1;
+            continue;
+        };
+        accepted += 1;
+        let exact = s
+            .execute(&f.file_id, &f.wrapped_key, &m, &costed)
+            .await
+            .unwrap_or_else(|e| panic!("accepted but failed: {query} ({options:?}): {e}"));
+        release(&costed, exact)
+            .unwrap_or_else(|e| panic!("accepted but not released: {query}: {e}"));
+    }
+    assert!(
+        accepted >= 100,
+        "the generator is degenerate: {accepted} accepted, {refused} refused"
+    );
+}
+
+/// Grouping by each date bucket at both ends of the calendar finds the rows there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn date_buckets_at_the_ends_of_the_calendar_count_their_rows() {
+    let (_d, s) = storage();
+    let m = Manifest::parse(EXTREMES).expect("manifest");
+    let f = s
+        .ingest(
+            &m,
+            Format::Csv,
+            body(&extremes_csv(), 50),
+            Limits::default(),
+        )
+        .await
+        .expect("ingest");
+    for (query, bucket, rows) in [
+        (
+            "SELECT date_trunc('year', until) AS y, COUNT(*) FROM patients GROUP BY y",
+            "9999",
+            3.0,
+        ),
+        (
+            "SELECT date_trunc('month', until) AS y, COUNT(*) FROM patients GROUP BY y",
+            "9999-12",
+            3.0,
+        ),
+        (
+            "SELECT date_trunc('day', until) AS y, COUNT(*) FROM patients GROUP BY y",
+            "9999-12-31",
+            3.0,
+        ),
+        (
+            "SELECT date_trunc('year', born) AS y, COUNT(*) FROM patients GROUP BY y",
+            "0001",
+            2.0,
+        ),
+        (
+            "SELECT date_trunc('month', born) AS y, COUNT(*) FROM patients GROUP BY y",
+            "0001-01",
+            2.0,
+        ),
+    ] {
+        let out = answer(&s, &f, &m, query).await;
+        let row = out
+            .iter()
+            .find(|r| matches!(&r[0], Cell::Key { value: Some(v) } if v == bucket))
+            .unwrap_or_else(|| panic!("{query}: no bucket {bucket}"));
+        assert_eq!(value(&row[1]).round(), rows, "{query}");
+    }
 }

@@ -200,6 +200,24 @@ pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// The first day of the month containing `day` (proleptic Gregorian). The executor's date
+/// buckets and the planner's list of bucket keys both come from here, so they agree for every
+/// date a manifest allows (years 1 to 9999).
+pub fn month_start(day: Day) -> Day {
+    let (y, m, _) = civil_from_days(i64::from(day));
+    saturating_day(days_from_civil(y, m, 1))
+}
+
+/// The first day of the year containing `day` (see [`month_start`]).
+pub fn year_start(day: Day) -> Day {
+    let (y, _, _) = civil_from_days(i64::from(day));
+    saturating_day(days_from_civil(y, 1, 1))
+}
+
+fn saturating_day(x: i64) -> Day {
+    Day::try_from(x).unwrap_or(if x < 0 { Day::MIN } else { Day::MAX })
+}
+
 pub fn format_date(day: Day) -> String {
     let (y, m, d) = civil_from_days(i64::from(day));
     format!("{y:04}-{m:02}-{d:02}")
@@ -450,6 +468,30 @@ mod tests {
         type = "date"
         bounds = ["2000-01-01", "2030-12-31"]
     "#;
+
+    #[test]
+    fn bucket_starts_are_right_for_every_day_a_manifest_allows() {
+        let first = parse_date("0001-01-01").expect("first");
+        let last = parse_date("9999-12-31").expect("last");
+        let at = |s: &str| parse_date(s).expect("date");
+        let dense_ranges = [
+            (first, at("0020-12-31")),
+            (at("1677-01-01"), at("1678-12-31")),
+            (at("2262-01-01"), at("2263-12-31")),
+            (at("9980-01-01"), last),
+        ];
+        let dense = |d: Day| dense_ranges.iter().any(|(a, b)| (*a..=*b).contains(&d));
+        // Every day near the ends of the calendar and of 64-bit nanosecond timestamps, and
+        // every 7th day in between (each month still met several times).
+        for day in (first..=last).filter(|d| d % 7 == 0 || dense(*d)) {
+            let shown = format_date(day);
+            let month = format_date(month_start(day));
+            let year = format_date(year_start(day));
+            assert!(month_start(day) <= day && year_start(day) <= month_start(day));
+            assert_eq!(month, format!("{}-01", &shown[..7]), "{shown}");
+            assert_eq!(year, format!("{}-01-01", &shown[..4]), "{shown}");
+        }
+    }
 
     #[test]
     fn parses_the_product_example() {

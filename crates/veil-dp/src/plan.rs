@@ -38,11 +38,17 @@ impl CmpOp {
 
 /// A row filter (the WHERE clause). Row-local by construction: it can only compare a
 /// column of the row with literals, so it never changes how much one unit contributes.
+///
+/// Kept in a normal form the planner establishes and the executor relies on: no negation
+/// node (NOTs are pushed into the leaves, which is exact under SQL's three-valued logic
+/// because a WHERE keeps only rows whose condition is TRUE and Kleene logic obeys De
+/// Morgan's laws), AND and OR n-ary and never directly nested in themselves, and at most
+/// [`MAX_FILTER_TERMS`] leaves and [`MAX_FILTER_DEPTH`] levels, so every accepted filter
+/// renders to a shallow expression the engine can always parse and plan.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Filter {
-    And(Box<Filter>, Box<Filter>),
-    Or(Box<Filter>, Box<Filter>),
-    Not(Box<Filter>),
+    And(Vec<Filter>),
+    Or(Vec<Filter>),
     Cmp {
         column: String,
         op: CmpOp,
@@ -63,10 +69,126 @@ pub enum Filter {
         column: String,
         negated: bool,
     },
-    /// A bare boolean column (`WHERE smoker`).
-    IsTrue {
+    /// A bare boolean column (`WHERE smoker`) or its negation (`value: false`).
+    IsBool {
         column: String,
+        value: bool,
     },
+}
+
+/// Most comparisons one WHERE clause may hold.
+pub const MAX_FILTER_TERMS: usize = 256;
+/// Deepest AND/OR nesting of a WHERE clause (after flattening `a AND (b AND c)`).
+pub const MAX_FILTER_DEPTH: usize = 16;
+
+impl CmpOp {
+    /// The comparison that is TRUE exactly where this one is FALSE (for non-null values).
+    pub fn negated(self) -> Self {
+        match self {
+            CmpOp::Eq => CmpOp::NotEq,
+            CmpOp::NotEq => CmpOp::Eq,
+            CmpOp::Lt => CmpOp::GtEq,
+            CmpOp::LtEq => CmpOp::Gt,
+            CmpOp::Gt => CmpOp::LtEq,
+            CmpOp::GtEq => CmpOp::Lt,
+        }
+    }
+}
+
+impl Filter {
+    /// `NOT self`, in normal form.
+    pub fn negated(self) -> Filter {
+        match self {
+            Filter::And(xs) => Filter::or(xs.into_iter().map(Filter::negated).collect()),
+            Filter::Or(xs) => Filter::and(xs.into_iter().map(Filter::negated).collect()),
+            Filter::Cmp { column, op, value } => Filter::Cmp {
+                column,
+                op: op.negated(),
+                value,
+            },
+            Filter::In {
+                column,
+                values,
+                negated,
+            } => Filter::In {
+                column,
+                values,
+                negated: !negated,
+            },
+            Filter::Between {
+                column,
+                low,
+                high,
+                negated,
+            } => Filter::Between {
+                column,
+                low,
+                high,
+                negated: !negated,
+            },
+            Filter::IsNull { column, negated } => Filter::IsNull {
+                column,
+                negated: !negated,
+            },
+            Filter::IsBool { column, value } => Filter::IsBool {
+                column,
+                value: !value,
+            },
+        }
+    }
+
+    /// The conjunction of `parts`, with nested ANDs flattened into it.
+    pub fn and(parts: Vec<Filter>) -> Filter {
+        Self::flat(parts, true)
+    }
+
+    /// The disjunction of `parts`, with nested ORs flattened into it.
+    pub fn or(parts: Vec<Filter>) -> Filter {
+        Self::flat(parts, false)
+    }
+
+    fn flat(parts: Vec<Filter>, and: bool) -> Filter {
+        let mut out = Vec::with_capacity(parts.len());
+        for p in parts {
+            match (p, and) {
+                (Filter::And(xs), true) | (Filter::Or(xs), false) => out.extend(xs),
+                (other, _) => out.push(other),
+            }
+        }
+        match (out.len(), and) {
+            (1, _) => out.pop().unwrap_or(Filter::And(Vec::new())),
+            (_, true) => Filter::And(out),
+            (_, false) => Filter::Or(out),
+        }
+    }
+
+    /// Leaves (comparisons) in the filter.
+    pub fn terms(&self) -> usize {
+        match self {
+            Filter::And(xs) | Filter::Or(xs) => xs.iter().map(Filter::terms).sum(),
+            _ => 1,
+        }
+    }
+
+    /// Levels of AND/OR nesting (a single comparison is depth 0).
+    pub fn depth(&self) -> usize {
+        match self {
+            Filter::And(xs) | Filter::Or(xs) => 1 + xs.iter().map(Filter::depth).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    /// The columns the filter reads.
+    pub fn columns<'a>(&'a self, out: &mut Vec<&'a str>) {
+        match self {
+            Filter::And(xs) | Filter::Or(xs) => xs.iter().for_each(|x| x.columns(out)),
+            Filter::Cmp { column, .. }
+            | Filter::In { column, .. }
+            | Filter::Between { column, .. }
+            | Filter::IsNull { column, .. }
+            | Filter::IsBool { column, .. } => out.push(column),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,6 +332,58 @@ pub struct QueryOptions {
     pub mechanism: MechanismChoice,
 }
 
+/// Privacy parameters outside what the node accepts: the caller's input is out of range
+/// (a 400), which is a different thing from a query the DP subset refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidParameters(pub String);
+
+/// The smallest ε a request may ask for: one unit of the budget's integer ledger (a cost is
+/// rounded up to it anyway).
+pub const MIN_EPSILON: f64 = 1e-6;
+/// The largest ε a request may ask for (a budget holds no more).
+pub const MAX_EPSILON: f64 = veil_types::privacy::MAX_EPSILON;
+/// The smallest positive δ: one unit of the ledger.
+pub const MIN_DELTA: f64 = 1e-15;
+
+/// Checks ε and a confidence level, the parameters every DP request takes.
+pub fn check_epsilon_and_confidence(
+    epsilon: f64,
+    confidence: f64,
+) -> Result<(), InvalidParameters> {
+    if !(epsilon.is_finite() && (MIN_EPSILON..=MAX_EPSILON).contains(&epsilon)) {
+        return Err(InvalidParameters(format!(
+            "epsilon must be between {MIN_EPSILON} and {MAX_EPSILON}"
+        )));
+    }
+    if !(confidence.is_finite() && confidence > 0.5 && confidence < 1.0) {
+        return Err(InvalidParameters(
+            "the confidence level must be between 0.5 and 1 (e.g. 0.95)".into(),
+        ));
+    }
+    Ok(())
+}
+
+impl QueryOptions {
+    /// Checks that the parameters are in range (see [`InvalidParameters`]).
+    pub fn check(&self) -> Result<(), InvalidParameters> {
+        check_epsilon_and_confidence(self.epsilon, self.confidence)?;
+        if !(self.delta.is_finite()
+            && (self.delta == 0.0 || (MIN_DELTA..1.0).contains(&self.delta)))
+        {
+            return Err(InvalidParameters(format!(
+                "delta must be 0, or at least {MIN_DELTA} and below 1"
+            )));
+        }
+        if self.mechanism == MechanismChoice::Gaussian && self.delta == 0.0 {
+            return Err(InvalidParameters(
+                "the Gaussian mechanism needs delta > 0".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for QueryOptions {
     fn default() -> Self {
         Self {
@@ -243,6 +417,29 @@ pub struct Aggregate {
 }
 
 impl QueryPlan {
+    /// Every column the query reads (filter, keys, aggregates), sorted, each once.
+    pub fn columns_read(&self) -> Vec<String> {
+        let mut cols: Vec<&str> = Vec::new();
+        if let Some(f) = &self.filter {
+            f.columns(&mut cols);
+        }
+        cols.extend(self.keys.iter().map(|k| k.column.as_str()));
+        for a in &self.aggregates {
+            match &a.kind {
+                AggKind::CountRows => {}
+                AggKind::CountColumn(c)
+                | AggKind::Sum(c, _)
+                | AggKind::Avg(c, _)
+                | AggKind::Variance(c, _)
+                | AggKind::Stddev(c, _)
+                | AggKind::Quantile(c, _, _) => cols.push(c),
+            }
+        }
+        cols.sort_unstable();
+        cols.dedup();
+        cols.into_iter().map(str::to_string).collect()
+    }
+
     /// True when the keys must be found in the data (thresholded release).
     pub fn has_unknown_keys(&self) -> bool {
         self.keys.iter().any(|k| !k.keys.is_public())

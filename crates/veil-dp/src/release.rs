@@ -471,10 +471,71 @@ fn key_text(v: &KeyValue, key: &GroupKey) -> Option<String> {
 const NULL_TEXT_KEY: &str = "\u{0}null";
 
 fn accuracy(noise: Noise, alpha: f64) -> Result<f64, ReleaseError> {
-    match noise {
-        Noise::Laplace(s) => discrete_laplacian_scale_to_accuracy(s, alpha).map_err(engine),
-        Noise::Gaussian(s) => discrete_gaussian_scale_to_accuracy(s, alpha).map_err(engine),
-        Noise::Quantile { .. } => Ok(f64::NAN),
+    let a = match noise {
+        Noise::Laplace(s) => discrete_laplacian_scale_to_accuracy(s, alpha).map_err(engine)?,
+        // OpenDP sums the discrete Gaussian's density term by term, about 40·σ terms, counted
+        // in an i32: slow for large σ, and an overflow past 5·10^7. There the discrete
+        // Gaussian's quantiles are the continuous one's to within one unit.
+        Noise::Gaussian(s) if s > LARGE_GAUSSIAN => {
+            (s * normal_quantile(1.0 - alpha / 2.0)).ceil() + 1.0
+        }
+        Noise::Gaussian(s) => discrete_gaussian_scale_to_accuracy(s, alpha).map_err(engine)?,
+        Noise::Quantile { .. } => return Ok(f64::NAN),
+    };
+    // For a scale so small that the noise is zero with probability above 1 − α, OpenDP's
+    // formula gives −∞ (a logarithm of zero): the half-width is then 0.
+    Ok(if a.is_nan() || a < 0.0 { 0.0 } else { a })
+}
+
+/// Above this scale, Gaussian intervals come from the continuous quantile (see [`accuracy`]).
+const LARGE_GAUSSIAN: f64 = 100.0;
+
+/// The standard normal quantile function (Acklam's rational approximation, relative error
+/// below 1.2·10⁻⁹ on (0, 1)).
+fn normal_quantile(p: f64) -> f64 {
+    const A: [f64; 6] = [
+        -3.969683028665376e1,
+        2.209460984245205e2,
+        -2.759285104469687e2,
+        1.383_577_518_672_69e2,
+        -3.066479806614716e1,
+        2.506628277459239,
+    ];
+    const B: [f64; 5] = [
+        -5.447609879822406e1,
+        1.615858368580409e2,
+        -1.556989798598866e2,
+        6.680131188771972e1,
+        -1.328068155288572e1,
+    ];
+    const C: [f64; 6] = [
+        -7.784894002430293e-3,
+        -3.223964580411365e-1,
+        -2.400758277161838,
+        -2.549732539343734,
+        4.374664141464968,
+        2.938163982698783,
+    ];
+    const D: [f64; 4] = [
+        7.784695709041462e-3,
+        3.224671290700398e-1,
+        2.445134137142996,
+        3.754408661907416,
+    ];
+    let p = p.clamp(1e-300, 1.0 - 1e-16);
+    let tail = |q: f64| {
+        (((((C[0] * q + C[1]) * q + C[2]) * q + C[3]) * q + C[4]) * q + C[5])
+            / ((((D[0] * q + D[1]) * q + D[2]) * q + D[3]) * q + 1.0)
+    };
+    if p < 0.02425 {
+        tail((-2.0 * p.ln()).sqrt())
+    } else if p > 1.0 - 0.02425 {
+        -tail((-2.0 * (1.0 - p).ln()).sqrt())
+    } else {
+        let q = p - 0.5;
+        let r = q * q;
+        (((((A[0] * r + A[1]) * r + A[2]) * r + A[3]) * r + A[4]) * r + A[5]) * q
+            / (((((B[0] * r + B[1]) * r + B[2]) * r + B[3]) * r + B[4]) * r + 1.0)
     }
 }
 
@@ -855,4 +916,45 @@ pub fn by_first_key(r: &Released) -> BTreeMap<Option<String>, Vec<Cell>> {
             _ => (None, row.clone()),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod interval_tests {
+    use super::*;
+
+    #[test]
+    fn normal_quantiles_match_the_tables() {
+        for (p, z) in [
+            (0.975, 1.959_963_985),
+            (0.995, 2.575_829_304),
+            (0.5, 0.0),
+            (0.01, -2.326_347_874),
+        ] {
+            assert!(
+                (normal_quantile(p) - z).abs() < 1e-8,
+                "{p}: {}",
+                normal_quantile(p)
+            );
+        }
+    }
+
+    /// Interval half-widths at extreme scales: finite, non-negative, and computed at once
+    /// (OpenDP's own sum would overflow or take seconds).
+    #[test]
+    fn half_widths_at_extreme_noise_scales_are_finite() {
+        for s in [1e-9, 1e-3, 1.0, 99.0, 101.0, 1e6, 1e12] {
+            for noise in [Noise::Laplace(s), Noise::Gaussian(s)] {
+                let a = accuracy(noise, 0.05).expect("accuracy");
+                assert!(a.is_finite() && a >= 0.0, "{noise:?}: {a}");
+            }
+        }
+        let big = accuracy(Noise::Gaussian(1e6), 0.05).expect("accuracy");
+        assert!((big / 1e6 - 1.96).abs() < 0.01, "{big}");
+        // Either side of the switch to the continuous quantile agrees.
+        let (below, above) = (
+            accuracy(Noise::Gaussian(LARGE_GAUSSIAN), 0.05).expect("a"),
+            accuracy(Noise::Gaussian(LARGE_GAUSSIAN + 1e-9), 0.05).expect("b"),
+        );
+        assert!((below - above).abs() <= 2.0, "{below} vs {above}");
+    }
 }

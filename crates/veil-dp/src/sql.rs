@@ -12,9 +12,7 @@ use sqlparser::ast::{
 use sqlparser::dialect::GenericDialect;
 use sqlparser::parser::Parser;
 
-use crate::manifest::{
-    Column, ColumnType, Day, Manifest, civil_from_days, days_from_civil, parse_date,
-};
+use crate::manifest::{Column, ColumnType, Day, Manifest, month_start, parse_date, year_start};
 use crate::plan::*;
 
 /// Longest accepted query text.
@@ -65,19 +63,8 @@ pub fn plan(
 }
 
 fn check_options(o: &QueryOptions) -> Result<(), Refusal> {
-    if !(o.epsilon.is_finite() && o.epsilon > 0.0) {
-        return refuse("epsilon must be a positive number");
-    }
-    if !(o.delta.is_finite() && (0.0..1.0).contains(&o.delta)) {
-        return refuse("delta must be at least 0 and below 1");
-    }
-    if !(o.confidence > 0.5 && o.confidence < 1.0) {
-        return refuse("the confidence level must be between 0.5 and 1 (e.g. 0.95)");
-    }
-    if o.mechanism == MechanismChoice::Gaussian && o.delta == 0.0 {
-        return refuse("the Gaussian mechanism needs delta > 0");
-    }
-    Ok(())
+    // Callers check these first and answer a 400; a refusal here is the second lock.
+    o.check().map_err(|e| Refusal(e.0))
 }
 
 struct Planner<'a> {
@@ -139,7 +126,7 @@ impl Planner<'_> {
         let filter = select
             .selection
             .as_ref()
-            .map(|e| self.filter(e))
+            .map(|e| self.where_clause(e))
             .transpose()?;
 
         let mut aggregates: Vec<Aggregate> = Vec::new();
@@ -669,18 +656,58 @@ impl Planner<'_> {
         })
     }
 
+    /// The WHERE clause, in the normal form of [`Filter`], within its size limits.
+    fn where_clause(&self, e: &Expr) -> Result<Filter, Refusal> {
+        let f = self.filter(e)?;
+        if f.terms() > MAX_FILTER_TERMS {
+            return refuse(format!(
+                "the WHERE clause has more than {MAX_FILTER_TERMS} conditions"
+            ));
+        }
+        if f.depth() > MAX_FILTER_DEPTH {
+            return refuse(format!(
+                "the WHERE clause nests AND and OR more than {MAX_FILTER_DEPTH} levels deep"
+            ));
+        }
+        Ok(f)
+    }
+
     fn filter(&self, e: &Expr) -> Result<Filter, Refusal> {
         match e {
             Expr::Nested(inner) => self.filter(inner),
             Expr::BinaryOp { left, op, right } => match op {
-                BinaryOperator::And => Ok(Filter::And(
-                    Box::new(self.filter(left)?),
-                    Box::new(self.filter(right)?),
-                )),
-                BinaryOperator::Or => Ok(Filter::Or(
-                    Box::new(self.filter(left)?),
-                    Box::new(self.filter(right)?),
-                )),
+                BinaryOperator::And | BinaryOperator::Or => {
+                    // A flat chain `a AND b AND c …` parses as a left-deep tree as deep as the
+                    // chain is long: walk its left spine in a loop, not by recursion.
+                    let mut operands = vec![right.as_ref()];
+                    let mut spine = left.as_ref();
+                    while let Expr::BinaryOp {
+                        left: l,
+                        op: o,
+                        right: r,
+                    } = spine
+                        && o == op
+                    {
+                        if operands.len() > MAX_FILTER_TERMS {
+                            return refuse(format!(
+                                "the WHERE clause has more than {MAX_FILTER_TERMS} conditions"
+                            ));
+                        }
+                        operands.push(r);
+                        spine = l;
+                    }
+                    operands.push(spine);
+                    operands.reverse();
+                    let parts = operands
+                        .into_iter()
+                        .map(|e| self.filter(e))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok(if *op == BinaryOperator::And {
+                        Filter::and(parts)
+                    } else {
+                        Filter::or(parts)
+                    })
+                }
                 BinaryOperator::Eq
                 | BinaryOperator::NotEq
                 | BinaryOperator::Lt
@@ -692,7 +719,7 @@ impl Planner<'_> {
             Expr::UnaryOp {
                 op: UnaryOperator::Not,
                 expr,
-            } => Ok(Filter::Not(Box::new(self.filter(expr)?))),
+            } => Ok(self.filter(expr)?.negated()),
             Expr::InList {
                 expr,
                 list,
@@ -741,8 +768,9 @@ impl Planner<'_> {
                         c.name
                     ));
                 }
-                Ok(Filter::IsTrue {
+                Ok(Filter::IsBool {
                     column: c.name.clone(),
+                    value: true,
                 })
             }
             other => refuse(format!(
@@ -1029,27 +1057,23 @@ fn date_buckets(lo: Day, hi: Day, unit: DateUnit, column: &str) -> Result<Vec<Da
             out.extend(lo..=hi);
         }
         DateUnit::Month | DateUnit::Year => {
-            let (mut y, mut m, _) = civil_from_days(i64::from(lo));
-            if unit == DateUnit::Year {
-                m = 1;
-            }
-            loop {
-                let start = days_from_civil(y, m, 1);
-                if start > i64::from(hi) {
-                    break;
-                }
-                out.push(i32::try_from(start).map_err(|_| too_many())?);
+            // One function names a bucket here and in the executor (`month_start`,
+            // `year_start`): the keys listed are exactly the keys the data can produce.
+            // The first day of the bucket holding `d`, and of the bucket after `d`'s.
+            let year = unit == DateUnit::Year;
+            let first = |d: Day| if year { year_start(d) } else { month_start(d) };
+            let next = |d: Day| first(d.saturating_add(if year { 366 } else { 31 }));
+            let mut start = first(lo);
+            while start <= hi {
+                out.push(start);
                 if out.len() > MAX_KEYS_PER_COLUMN {
                     return Err(too_many());
                 }
-                if unit == DateUnit::Year {
-                    y += 1;
-                } else if m == 12 {
-                    y += 1;
-                    m = 1;
-                } else {
-                    m += 1;
+                let following = next(start);
+                if following <= start {
+                    break;
                 }
+                start = following;
             }
         }
     }

@@ -168,14 +168,8 @@ pub fn cost_validation(
     confidence: f64,
     unit: &PrivacyUnit,
 ) -> Result<CostedValidation, Refusal> {
-    if !(epsilon.is_finite() && epsilon > 0.0) {
-        return Err(Refusal("epsilon must be a positive number".into()));
-    }
-    if !(confidence > 0.5 && confidence < 1.0) {
-        return Err(Refusal(
-            "the confidence level must be between 0.5 and 1".into(),
-        ));
-    }
+    // Callers check these first and answer a 400; a refusal here is the second lock.
+    crate::plan::check_epsilon_and_confidence(epsilon, confidence).map_err(|e| Refusal(e.0))?;
     let k = i64::from(unit.rows_per_unit());
     let bounds = match &task {
         Task::Classification { classes } => {
@@ -485,7 +479,9 @@ pub fn release_validation(
                 .collect();
             let point = class_metrics(&released, k);
             let mut draws: [Vec<f64>; 4] = Default::default();
-            for _ in 0..BOOTSTRAP_DRAWS {
+            // Intervals are only needed for the metrics asked for (the matrix has none).
+            let bootstrap = c.metrics.iter().any(|m| *m != Metric::Confusion);
+            for _ in 0..if bootstrap { BOOTSTRAP_DRAWS } else { 0 } {
                 let sim: Vec<f64> = released.iter().map(|x| x - laplace(rng, scale)).collect();
                 for (d, v) in draws.iter_mut().zip(class_metrics(&sim, k)) {
                     d.push(v);

@@ -37,11 +37,19 @@ use crate::FheError;
 use crate::circuit::{Circuit, LUT_SIZE, Op, wrap_signed};
 use crate::noise::{OUTPUT_KEPT_BITS, Params};
 
+/// Most output ciphertexts (partial sums) per score a client accepts.
+pub const MAX_OUTPUTS_PER_SCORE: usize = 64;
+
 /// Parameters of every key and ciphertext, for callers that report sizes.
 pub const PARAMETER_SET: &str = "PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128";
 
 fn params() -> ClassicPBSParameters {
     PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128
+}
+
+/// Coefficients (mask and body) of every input and output ciphertext.
+pub fn ciphertext_coefficients() -> usize {
+    lwe_size().0
 }
 
 fn lwe_size() -> LweSize {
@@ -160,6 +168,41 @@ impl ClientKey {
             seeder.as_mut(),
         );
         Ok(EncryptedInputs { list })
+    }
+
+    /// Decrypts a node's reply to `samples` samples against the model's public spec, refusing
+    /// anything beyond what that spec can ask: exactly one set of outputs per sample sent,
+    /// exactly the spec's outputs per set, and a spec whose outputs are its scores' (at most
+    /// [`MAX_OUTPUTS_PER_SCORE`] partial sums each, each at most [`crate::circuit::MAX_BITS`]
+    /// wide). What is decrypted stays on the client: nothing here is ever sent back, so a node
+    /// that returns crafted ciphertexts learns nothing from their decryption.
+    pub fn decrypt_reply(
+        &self,
+        spec: &crate::ClientSpec,
+        samples: usize,
+        reply: &[EncryptedOutputs],
+    ) -> Result<Vec<Vec<i64>>, FheError> {
+        let per_score = spec.outputs_per_score;
+        if per_score == 0
+            || per_score > MAX_OUTPUTS_PER_SCORE
+            || spec.output_bits.len() != spec.head.n_scores() * per_score
+        {
+            return Err(FheError::Malformed(format!(
+                "the model's spec asks for {} outputs for {} scores; a spec asks for 1 to {MAX_OUTPUTS_PER_SCORE} per score",
+                spec.output_bits.len(),
+                spec.head.n_scores()
+            )));
+        }
+        if reply.len() != samples {
+            return Err(FheError::Malformed(format!(
+                "the node answered {} samples for the {samples} sent",
+                reply.len()
+            )));
+        }
+        reply
+            .iter()
+            .map(|out| self.decrypt(&spec.output_bits, out))
+            .collect()
     }
 
     /// Decrypts one sample's outputs read at the circuit's output encodings.
@@ -356,7 +399,7 @@ impl Prepared {
             });
         }
         let noise = Params::message_2_carry_2();
-        let (var, _) = circuit.noise(&noise);
+        let var = circuit.noise(&noise).var;
         let enc = circuit.encodings();
         let round_output = circuit
             .outputs

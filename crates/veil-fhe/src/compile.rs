@@ -18,16 +18,21 @@
 //!   the bit that lands on the padding position, a second reads the remaining 4 bits), and a
 //!   third maps the high 4 bits through requantisation, the activation and the output layer's
 //!   weight at once; it wins on the calibration rows at default widths for the 30-neuron MLP.
+//! - **Accumulator ranges.** By default ([`Accumulators::InputBox`]) an accumulator fed by
+//!   inputs is sized to its range over every legal input, so none wraps; sized to the
+//!   calibration rows instead ([`Accumulators::Calibration`], the figures above) the integer
+//!   weights are finer, but an input unlike every calibration row may wrap ([`RangeCheck`]).
 //! - **Deeper networks** take the negacyclic design only: a later layer's accumulator adds one
 //!   bootstrap per earlier unit feeding it (see [`negacyclic`]). The breast-cancer 16-8 MLP:
 //!   21 bootstraps, 0.965 against 0.974 float.
 //! - **Output precision.** Every bootstrap output carries the same noise, so a ciphertext that
 //!   sums `n` of them decrypts at about `10 - ½·log2 n` bits: 30 summed neurons leave 7 bits,
 //!   too coarse for the 30-neuron breast-cancer MLP (0.921 against 0.982 float), and small
-//!   leaf values of a forest round to nothing (the digits forest: 0.822 against 0.850). A
-//!   score may therefore come back as several partial sums ([`OUTPUT_CAPS`]), which the
-//!   client adds after decrypting: 0.978 for that MLP with two, 0.854 for the forest with
-//!   three. The compiler takes the cheapest candidate within [`LABEL_TOLERANCE`] of the best
+//!   leaf values of a forest round to nothing (the digits forest: 0.822 against 0.850). If the
+//!   creator allows it ([`Outputs::PartialSums`]; by default a reply holds one ciphertext per
+//!   score, so data users learn only the scores), a score may come back as several partial
+//!   sums ([`OUTPUT_CAPS`]), which the client adds after decrypting: 0.978 for that MLP with
+//!   two, 0.854 for the forest with three. The compiler takes the cheapest candidate within [`LABEL_TOLERANCE`] of the best
 //!   agreement with the float model on the calibration rows, and of those the one whose
 //!   scores are closest to the float model's.
 //! - **Tree ensembles** quantise each feature by the thresholds the trees use (exactly, or
@@ -86,6 +91,17 @@ impl Quantiser {
         u32::try_from(count).map_or(u32::MAX, |c| c.saturating_add(1))
     }
 
+    /// The integers each of this feature's encrypted inputs can take, inclusive: the legal
+    /// input box, per input.
+    pub fn input_ranges(&self) -> Vec<(i64, i64)> {
+        let top = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        match self {
+            Quantiser::Uniform { levels, .. } => vec![(0, i64::from(*levels) - 1)],
+            Quantiser::Cuts { cuts } => vec![(0, top(cuts.len()))],
+            Quantiser::CutChunks { chunks } => chunks.iter().map(|c| (0, top(c.len()))).collect(),
+        }
+    }
+
     /// Encrypted inputs this feature becomes.
     pub fn inputs(&self) -> usize {
         match self {
@@ -114,6 +130,46 @@ pub struct CompileOptions {
     /// forests, `Some(b)` snaps the thresholds onto a `2^b`-level grid as Concrete ML does.
     pub bits: Option<u32>,
     pub params: Params,
+    /// Per feature, the range to quantise over, declared by the creator (public knowledge,
+    /// such as a measurement's physical range) instead of the calibration rows' range rounded
+    /// outward. Published in the client spec as given.
+    #[serde(default)]
+    pub ranges: Option<Vec<(f64, f64)>>,
+    /// How networks size their accumulators (see [`Accumulators`]).
+    #[serde(default)]
+    pub accumulators: Accumulators,
+    /// What a reply carries per score (see [`Outputs`]).
+    #[serde(default)]
+    pub outputs: Outputs,
+}
+
+/// What the client gets back per score.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outputs {
+    /// One ciphertext per score: the client learns the scores and nothing finer. The default.
+    #[default]
+    Scores,
+    /// A score may come back as several partial sums (groups of hidden units or trees, and a
+    /// network's affine part at a finer scale), which the client adds: more accuracy where one
+    /// ciphertext would decrypt too coarsely, but data users see those parts (the disclosure
+    /// says so).
+    PartialSums,
+}
+
+/// How a network's accumulators are sized. A bootstrap reads an accumulator modulo its range,
+/// so a value outside it wraps and that sample gets a wrong score (never a wrong decryption).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Accumulators {
+    /// Sized to the whole legal input box (every input at any of its levels): no legal input
+    /// wraps the accumulators that inputs alone feed. The default.
+    #[default]
+    InputBox,
+    /// Sized to the calibration rows (widened 2%): finer integer weights, so fewer bootstraps
+    /// or more accuracy on inputs like those rows, but a legal input unlike all of them may wrap
+    /// (the compile report counts the accumulators that can).
+    Calibration,
 }
 
 impl Default for CompileOptions {
@@ -121,6 +177,9 @@ impl Default for CompileOptions {
         Self {
             bits: None,
             params: Params::message_2_carry_2(),
+            ranges: None,
+            accumulators: Accumulators::InputBox,
+            outputs: Outputs::Scores,
         }
     }
 }
@@ -138,9 +197,15 @@ pub struct CompiledModel {
     pub params: Params,
     /// Worst per-read failure probability (log2) the noise analysis found.
     pub log2_p_fail: f64,
-    /// Split inference, for networks: the first layers under FHE, the rest in plaintext.
+    /// A bound on the probability (log2) that any read of one sample fails (the union bound
+    /// over its bootstraps and output decryptions). `None` for circuits compiled before it was
+    /// computed.
     #[serde(default)]
-    pub split: Option<Split>,
+    pub log2_p_fail_sample: Option<f64>,
+    /// The accumulators checked over the whole legal input box. `None` for circuits compiled
+    /// before the check existed.
+    #[serde(default)]
+    pub range_check: Option<RangeCheck>,
     /// Output ciphertexts per score: score `k` is the sum of outputs
     /// `k·outputs_per_score ..` over the next `outputs_per_score`, divided by `output_scale`.
     #[serde(default = "one")]
@@ -155,63 +220,16 @@ fn one() -> usize {
     1
 }
 
-/// Split inference: the node evaluates the first `layers` layers under FHE and returns the
-/// encrypted hidden activations; the client decrypts them and sends them back to the node,
-/// which evaluates `rest` in plaintext. The node therefore sees the hidden activations (a
-/// lossy image of the input), which is what this mode gives up for fewer bootstraps.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Split {
-    pub layers: usize,
-    pub circuit: Circuit,
-    /// A decrypted output divided by this is the hidden activation...
-    pub activation_scale: f64,
-    /// ...unless each activation has its own scale here.
-    #[serde(default)]
-    pub activation_scales: Vec<f64>,
-    pub rest: Network,
-}
-
-impl Split {
-    /// The remaining layers on decrypted activations (integers as decrypted).
-    pub fn finish(&self, activations: &[i64]) -> Result<Vec<f64>, FheError> {
-        let n = self.circuit.outputs.len();
-        if activations.len() != n {
-            return Err(FheError::Input(format!(
-                "expected {n} activations, got {}",
-                activations.len()
-            )));
-        }
-        let a: Vec<f64> = activations
-            .iter()
-            .enumerate()
-            .map(|(j, &v)| {
-                v as f64
-                    / self
-                        .activation_scales
-                        .get(j)
-                        .copied()
-                        .unwrap_or(self.activation_scale)
-            })
-            .collect();
-        Ok(self.rest.scores(&a))
-    }
-
-    pub fn spec(&self) -> SplitSpec {
-        SplitSpec {
-            layers: self.layers,
-            output_bits: self.circuit.output_encodings(),
-            pbs_per_sample: self.circuit.pbs_count(),
-        }
-    }
-}
-
-/// What a client needs for split inference.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SplitSpec {
-    pub layers: usize,
-    /// Encoding each hidden activation is decrypted at.
-    pub output_bits: Vec<u32>,
-    pub pbs_per_sample: usize,
+/// Accumulators (values a bootstrap reads whole, or the cleared design's 8-bit sums) checked
+/// by interval arithmetic over every legal input, not only the calibration rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeCheck {
+    pub accumulators: usize,
+    /// How many can leave their range for some legal input unlike every calibration row: 0 for
+    /// linear models, forests and networks sized to the input box, except a deeper network's
+    /// accumulators fed by earlier bootstraps (always sized to the calibration rows). A wrapped
+    /// accumulator gives a wrong score, never a wrong decryption.
+    pub may_wrap: usize,
 }
 
 impl CompiledModel {
@@ -279,8 +297,9 @@ fn scores(outputs: &[i64], output_scale: f64, per_score: usize, shifts: &[u32]) 
 }
 
 /// What a client needs to use a compiled model: how to quantise and encrypt inputs, how to
-/// read decrypted outputs. Public: it holds no weights, only per-feature quantisation ranges
-/// (taken from the creator's calibration data) and the circuit's shape.
+/// read decrypted outputs. Public, and not only ranges: [`ClientSpec::disclosure`] lists all it
+/// reveals (rounded feature ranges, a forest's exact thresholds, the architecture, calibration
+/// statistics), which the creator confirms before publishing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClientSpec {
     pub kind: String,
@@ -298,12 +317,16 @@ pub struct ClientSpec {
     #[serde(default)]
     pub output_shifts: Vec<u32>,
     pub pbs_per_sample: usize,
+    /// Worst failure probability (log2) of any one read.
     pub log2_p_fail: f64,
+    /// Failure probability (log2) of a whole sample: any of its reads (a union bound).
+    #[serde(default)]
+    pub log2_p_fail_sample: Option<f64>,
+    /// The accumulators checked over the legal input box.
+    #[serde(default)]
+    pub range_check: Option<RangeCheck>,
     /// The circuit against the float model on the calibration rows.
     pub fidelity: Fidelity,
-    /// Present when the model supports split inference.
-    #[serde(default)]
-    pub split: Option<SplitSpec>,
 }
 
 impl ClientSpec {
@@ -345,8 +368,104 @@ impl CompiledModel {
             output_shifts: self.output_shifts.clone(),
             pbs_per_sample: self.circuit.pbs_count(),
             log2_p_fail: self.log2_p_fail,
+            log2_p_fail_sample: self.log2_p_fail_sample,
+            range_check: self.range_check,
             fidelity,
-            split: self.split.as_ref().map(Split::spec),
+        }
+    }
+}
+
+/// Everything a model's public client spec reveals, item by item, for its creator to read and
+/// confirm before the model is published: anyone allowed to run encrypted inference receives
+/// the spec. Built from the spec itself, so it cannot list less than is published.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Disclosure {
+    /// The circuit's shape, e.g. `network 1×30 relu` (layer widths, tree count).
+    pub architecture: String,
+    /// Per input feature, what its quantiser publishes.
+    pub features: Vec<FeatureDisclosure>,
+    /// The score names (class labels).
+    pub classes: Vec<String>,
+    /// Encrypted inputs per sample and their encodings (bits).
+    pub input_bits: Vec<u32>,
+    /// Output ciphertexts per sample, their encodings, and how many make one score.
+    pub output_bits: Vec<u32>,
+    pub outputs_per_score: usize,
+    /// The factor from output integers to scores: a bound on the model's weights or leaves.
+    pub output_scale: f64,
+    pub pbs_per_sample: usize,
+    /// Statistics of the creator's calibration rows: how many, and how the circuit agrees
+    /// with the float model on them.
+    pub calibration_rows: usize,
+    pub fidelity: Fidelity,
+    /// What a data user learns by running the model, beyond the spec (the circuit-privacy
+    /// level), in words.
+    pub data_users_learn: Vec<String>,
+}
+
+/// What one feature's quantiser publishes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FeatureDisclosure {
+    /// A range (the calibration range rounded outward, see `column_range`) and level count.
+    Range { lo: f64, hi: f64, levels: u32 },
+    /// Every threshold the model's trees compare the feature with, exactly: scikit-learn puts
+    /// each halfway between two training values.
+    Thresholds { values: Vec<f64> },
+}
+
+impl ClientSpec {
+    /// What publishing this spec reveals (see [`Disclosure`]).
+    pub fn disclosure(&self, calibration_rows: usize) -> Disclosure {
+        let features = self
+            .quantisers
+            .iter()
+            .map(|q| match q {
+                Quantiser::Uniform { lo, step, levels } => FeatureDisclosure::Range {
+                    lo: *lo,
+                    hi: lo + step * f64::from(levels.saturating_sub(1)),
+                    levels: *levels,
+                },
+                Quantiser::Cuts { cuts } => FeatureDisclosure::Thresholds {
+                    values: cuts.clone(),
+                },
+                Quantiser::CutChunks { chunks } => FeatureDisclosure::Thresholds {
+                    values: chunks.iter().flatten().copied().collect(),
+                },
+            })
+            .collect();
+        let mut learn = vec![
+            "each sample's scores at the circuit's precision, on inputs of their choosing (any integers the inputs' encodings hold, not only the quantiser's levels)".to_string(),
+        ];
+        if self.outputs_per_score > 1 {
+            learn.push(format!(
+                "each score as {} partial sums (groups of hidden units or trees, and for networks the affine part separately), not only their total",
+                self.outputs_per_score
+            ));
+        }
+        if let Some(r) = self.range_check
+            && r.may_wrap > 0
+        {
+            learn.push(format!(
+                "that {} of the circuit's {} accumulators were sized to the calibration rows: a legal input unlike all of them may get a wrong score",
+                r.may_wrap, r.accumulators
+            ));
+        }
+        learn.push(
+            "no circuit privacy: from replies (and from the ciphertexts' masks, for leveled outputs) a data user can recover the quantised model's integer weights; publishing makes the quantised model queryable, not secret (the node rate-limits and audits encrypted predictions)".into(),
+        );
+        Disclosure {
+            architecture: self.kind.clone(),
+            features,
+            classes: self.head.classes(),
+            input_bits: self.input_bits.clone(),
+            output_bits: self.output_bits.clone(),
+            outputs_per_score: self.outputs_per_score,
+            output_scale: self.output_scale,
+            pbs_per_sample: self.pbs_per_sample,
+            calibration_rows,
+            fidelity: self.fidelity.clone(),
+            data_users_learn: learn,
         }
     }
 }
@@ -429,6 +548,15 @@ pub fn compile(
             "calibration data contains a missing or non-finite value".into(),
         ));
     }
+    if let Some(r) = &opts.ranges
+        && (r.len() != n
+            || r.iter()
+                .any(|(lo, hi)| !(lo.is_finite() && hi.is_finite() && lo < hi)))
+    {
+        return Err(FheError::Input(format!(
+            "declared ranges need {n} finite pairs with low < high"
+        )));
+    }
     if let Some(b) = opts.bits
         && !(2..=12).contains(&b)
     {
@@ -446,6 +574,7 @@ pub fn compile(
             // wins.
             let widths = opts.bits.map_or(2..=6, |b| b..=b);
             let cleared = net.layers.len() == 2;
+            let caps = output_caps(opts);
             let candidates = widths.flat_map(|bits| {
                 let o = CompileOptions {
                     bits: Some(bits),
@@ -457,12 +586,15 @@ pub fn compile(
                         net,
                         calibration,
                         &o,
-                        &OUTPUT_CAPS,
+                        caps,
                         refine,
                     ));
                 }
                 if cleared {
-                    c.extend(OUTPUT_CAPS.map(|cap| one_hidden_layer(net, calibration, &o, cap)));
+                    c.extend(
+                        caps.iter()
+                            .map(|&cap| one_hidden_layer(net, calibration, &o, cap)),
+                    );
                 }
                 c
             });
@@ -471,32 +603,68 @@ pub fn compile(
         FloatModel::Forest(f) => {
             // With `--bits`, the forest to compile (and to match) is the snapped one.
             let f = match opts.bits {
-                Some(bits) => snap_forest(f, calibration, bits),
+                Some(bits) => snap_forest(f, calibration, bits, opts.ranges.as_deref()),
                 None => f.clone(),
             };
             let reference = FloatModel::Forest(f.clone());
             most_faithful(
                 &reference,
                 calibration,
-                OUTPUT_CAPS.map(|cap| forest(&f, opts, cap)),
+                output_caps(opts).iter().map(|&cap| forest(&f, opts, cap)),
             )?
         }
     };
+    if compiled.outputs_per_score > crate::backend::MAX_OUTPUTS_PER_SCORE {
+        return Err(FheError::Unsupported(format!(
+            "a score would come back as {} partial sums; clients accept at most {}",
+            compiled.outputs_per_score,
+            crate::backend::MAX_OUTPUTS_PER_SCORE
+        )));
+    }
     if compiled.circuit.outputs.len() != compiled.head.n_scores() * compiled.outputs_per_score {
         return Err(FheError::Circuit(
             "the outputs do not match the scores".into(),
         ));
     }
     compiled.circuit.validate()?;
-    let mut log2_p_fail = compiled.circuit.check_noise(&opts.params)?;
-    if let Some(split) = &compiled.split {
-        split.circuit.validate()?;
-        log2_p_fail = log2_p_fail.max(split.circuit.check_noise(&opts.params)?);
-    }
+    let noise = compiled.circuit.check_noise(&opts.params)?;
+    let range_check = compiled
+        .range_check
+        .unwrap_or_else(|| box_range_check(&compiled.circuit, &compiled.quantisers));
+
     Ok(CompiledModel {
-        log2_p_fail,
+        log2_p_fail: noise.worst_read,
+        log2_p_fail_sample: Some(noise.per_sample),
+        range_check: Some(range_check),
         ..compiled
     })
+}
+
+/// The legal input box of a circuit: every encrypted input at any of its quantised levels.
+fn input_box(quantisers: &[Quantiser]) -> Vec<(i64, i64)> {
+    quantisers
+        .iter()
+        .flat_map(Quantiser::input_ranges)
+        .collect()
+}
+
+/// [`RangeCheck`] for circuits whose accumulators a bootstrap reads whole.
+fn box_range_check(circuit: &Circuit, quantisers: &[Quantiser]) -> RangeCheck {
+    let accumulators = circuit
+        .ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Lut { input, .. } => Some(*input),
+            _ => None,
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    RangeCheck {
+        accumulators,
+        may_wrap: circuit
+            .accumulators_out_of_range(&input_box(quantisers))
+            .len(),
+    }
 }
 
 /// Agreement with the float model (share of calibration labels) a cheaper candidate may give
@@ -566,6 +734,15 @@ fn most_faithful(
 /// Most bootstrap outputs one output ciphertext may sum, tried in turn: everything in one
 /// sum, then partial sums of at most 64, 32 and 16 (which still decrypt at 7, 7 and 8 bits).
 const OUTPUT_CAPS: [usize; 4] = [usize::MAX, 64, 32, 16];
+
+/// The output caps a compile may try: everything in one sum only, unless partial sums may be
+/// revealed ([`Outputs`]).
+fn output_caps(opts: &CompileOptions) -> &'static [usize] {
+    match opts.outputs {
+        Outputs::Scores => &OUTPUT_CAPS[..1],
+        Outputs::PartialSums => &OUTPUT_CAPS,
+    }
+}
 
 /// How the bootstrap outputs of a circuit's units (hidden neurons, trees) become output
 /// ciphertexts: per score, one partial sum per group of units.
@@ -658,20 +835,62 @@ fn plan_outputs(
     })
 }
 
-/// Smallest and largest value of calibration column `i`.
-fn column_range(calibration: &[Vec<f64>], i: usize) -> (f64, f64) {
-    calibration
+/// The range of calibration column `i` as the client spec publishes it: the smallest and
+/// largest calibration values, which are single people's values, widened outward to a grid of
+/// two significant digits of the range's width (`[6.981, 28.11]` becomes `[6, 29]`). It
+/// costs at most a tenth of the range on each side (well under one quantisation level at 4
+/// bits) and publishes no exact calibration value.
+fn column_range(calibration: &[Vec<f64>], i: usize, declared: Option<&[(f64, f64)]>) -> (f64, f64) {
+    if let Some(r) = declared.and_then(|d| d.get(i)) {
+        return *r;
+    }
+    let (lo, hi) = calibration
         .iter()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), r| {
             (l.min(r[i]), h.max(r[i]))
-        })
+        });
+    public_range(lo, hi)
 }
 
-fn uniform_quantisers(calibration: &[Vec<f64>], levels: u32) -> Vec<Quantiser> {
+/// `[lo, hi]` widened outward to multiples of a power of ten a tenth to a hundredth of its
+/// width (see [`column_range`]).
+pub(crate) fn public_range(lo: f64, hi: f64) -> (f64, f64) {
+    if !(lo.is_finite() && hi.is_finite()) || hi < lo {
+        return (lo, hi);
+    }
+    let width = if hi > lo { hi - lo } else { lo.abs().max(1.0) };
+    let grid = 10f64.powi(width.log10().floor() as i32 - 1);
+    // Grid points print as written (no 6.000000000000001): rounded to the grid's decimals.
+    let tidy = |x: f64| {
+        let digits = (-(grid.log10().floor()) as i32).max(0);
+        let f = 10f64.powi(digits);
+        (x * f).round() / f
+    };
+    // A value already on the grid stays (up to float error); the result always contains it.
+    let mut down = tidy((lo / grid + 1e-9).floor() * grid);
+    if down > lo {
+        down = tidy(down - grid);
+    }
+    let mut up = tidy((hi / grid - 1e-9).ceil() * grid);
+    if up < hi {
+        up = tidy(up + grid);
+    }
+    if up > down {
+        (down, up)
+    } else {
+        (down, down + grid)
+    }
+}
+
+fn uniform_quantisers(
+    calibration: &[Vec<f64>],
+    levels: u32,
+    declared: Option<&[(f64, f64)]>,
+) -> Vec<Quantiser> {
     let n = calibration[0].len();
     (0..n)
         .map(|i| {
-            let (lo, hi) = column_range(calibration, i);
+            let (lo, hi) = column_range(calibration, i, declared);
             let step = if hi > lo {
                 (hi - lo) / f64::from(levels - 1)
             } else {
@@ -712,8 +931,9 @@ fn quantised_first_layer(
     net: &Network,
     calibration: &[Vec<f64>],
     levels: u32,
+    declared: Option<&[(f64, f64)]>,
 ) -> (Vec<Quantiser>, Dense, Vec<Vec<f64>>) {
-    let qs = uniform_quantisers(calibration, levels);
+    let qs = uniform_quantisers(calibration, levels, declared);
     let l1 = fold_quantisers(&net.layers[0], &qs);
     let qrows = calibration
         .iter()
@@ -738,7 +958,7 @@ fn linear(
 ) -> Result<CompiledModel, FheError> {
     let bits = opts.bits.unwrap_or(8);
     let levels = 1u32 << bits;
-    let qs = uniform_quantisers(calibration, levels);
+    let qs = uniform_quantisers(calibration, levels, opts.ranges.as_deref());
     let d = fold_quantisers(&net.layers[0], &qs);
     let xmax = f64::from(levels - 1);
     // Worst case |score| over all quantised inputs, per output; one scale for all outputs
@@ -776,7 +996,7 @@ fn linear(
             outputs,
             n_inputs: d.n_in(),
         };
-        if circuit.noise(&opts.params).1 <= opts.params.max_log2_p_fail {
+        if circuit.noise(&opts.params).worst_read <= opts.params.max_log2_p_fail {
             return Ok(CompiledModel {
                 circuit,
                 quantisers: qs,
@@ -785,7 +1005,8 @@ fn linear(
                 kind: "linear".into(),
                 params: opts.params,
                 log2_p_fail: 0.0,
-                split: None,
+                log2_p_fail_sample: None,
+                range_check: None,
                 outputs_per_score: 1,
                 output_shifts: vec![],
             });
@@ -810,31 +1031,79 @@ fn one_hidden_layer(
     if bits > 6 {
         return Err(FheError::Input("networks take at most 6 input bits".into()));
     }
-    let (qs, l1, qrows) = quantised_first_layer(net, calibration, 1u32 << bits);
+    let (qs, l1, qrows) =
+        quantised_first_layer(net, calibration, 1u32 << bits, opts.ranges.as_deref());
     let l2 = &net.layers[1];
     let act = net.activations[0];
     let h = l1.n_out();
     let k_out = l2.n_out();
 
-    // Per neuron: the affine map from the float pre-activation to the 8-bit accumulator,
-    // calibrated so the observed range (widened by 2%) fills [0, 256).
+    // Per neuron: the affine map from the float pre-activation to the 8-bit accumulator, so
+    // that its range (over the input box, or the calibration rows: `opts.accumulators`) fills
+    // [0, 256); the clearing gadget below is exact only there. Rounding the integer weights
+    // can push the range's ends out, which a slightly smaller scale pulls back.
     let acc_max = f64::from((1u32 << ACC_BITS) - 1);
+    let acc_range = 0..=i64::from(1u32 << ACC_BITS) - 1;
+    let xmax = f64::from((1u32 << bits) - 1);
+    let xmax_int = i64::from((1u32 << bits) - 1);
     let mut scale = Vec::with_capacity(h);
+    let mut integer = Vec::with_capacity(h);
+    let mut may_wrap = 0;
     for j in 0..h {
-        let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
-        for r in &qrows {
-            let v: f64 = l1.w[j].iter().zip(r).map(|(w, x)| w * x).sum::<f64>() + l1.b[j];
-            lo = lo.min(v);
-            hi = hi.max(v);
-        }
-        let pad = 0.02 * (hi - lo);
-        let (lo, hi) = (lo - pad, hi + pad);
-        let k = if hi - lo > 1e-9 {
+        let (lo, hi) = match opts.accumulators {
+            Accumulators::InputBox => (
+                l1.b[j] + l1.w[j].iter().map(|w| (w * xmax).min(0.0)).sum::<f64>(),
+                l1.b[j] + l1.w[j].iter().map(|w| (w * xmax).max(0.0)).sum::<f64>(),
+            ),
+            Accumulators::Calibration => {
+                let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+                for r in &qrows {
+                    let v: f64 = l1.w[j].iter().zip(r).map(|(w, x)| w * x).sum::<f64>() + l1.b[j];
+                    lo = lo.min(v);
+                    hi = hi.max(v);
+                }
+                let pad = 0.02 * (hi - lo);
+                (lo - pad, hi + pad)
+            }
+        };
+        let mut k = if hi - lo > 1e-9 {
             acc_max / (hi - lo)
         } else {
             1.0
         };
+        let mut fitted = None;
+        for _ in 0..50 {
+            let weights: Vec<i64> = l1.w[j].iter().map(|w| (w * k).round() as i64).collect();
+            let bias = ((l1.b[j] - lo) * k).round() as i64;
+            let box_lo = bias + weights.iter().map(|w| (*w).min(0) * xmax_int).sum::<i64>();
+            let box_hi = bias + weights.iter().map(|w| (*w).max(0) * xmax_int).sum::<i64>();
+            let on_box = acc_range.contains(&box_lo) && acc_range.contains(&box_hi);
+            let fits = match opts.accumulators {
+                Accumulators::InputBox => on_box,
+                Accumulators::Calibration => qrows.iter().all(|r| {
+                    let acc = r
+                        .iter()
+                        .zip(&weights)
+                        .map(|(v, w)| *v as i64 * w)
+                        .sum::<i64>();
+                    acc_range.contains(&(acc + bias))
+                }),
+            };
+            if fits {
+                may_wrap += usize::from(!on_box);
+                fitted = Some((weights, bias));
+                break;
+            }
+            k *= 0.98;
+        }
+        let Some(fitted) = fitted else {
+            return Err(FheError::Unsupported(
+                "a hidden neuron's range over the input box does not fit an 8-bit accumulator"
+                    .into(),
+            ));
+        };
         scale.push((k, lo));
+        integer.push(fitted);
     }
 
     // Activation value at the centre of each 16-wide accumulator box.
@@ -864,33 +1133,15 @@ fn one_hidden_layer(
     let so = plan.scale;
     let groups = plan.po.len();
 
-    // Split inference: each neuron's quantised activation, as wide as a bootstrap output
-    // still decrypts exactly.
-    let pa = widest_output(1, &opts.params).unwrap_or(4);
-    let act_max = acts
-        .iter()
-        .flatten()
-        .fold(0.0f64, |m, a| m.max(a.abs()))
-        .max(1e-12);
-    let sa = ((1u64 << (pa - 1)) as f64 - 1.0) / act_max;
-    let mut split_act: Vec<(usize, Vec<i64>)> = Vec::with_capacity(h);
-
     let p_acc = ACC_BITS + 1;
-    // Ops of the output layer (left out of the split circuit).
-    let mut output_side: std::collections::HashSet<ValueId> = Default::default();
     let mut ops = vec![];
     let ins = inputs(&mut ops, l1.n_in(), p_acc);
     let mut contributions: Vec<Vec<Vec<ValueId>>> = vec![vec![vec![]; groups]; k_out];
-    for j in 0..h {
-        let (k, lo) = scale[j];
-        let terms = l1.w[j]
-            .iter()
-            .zip(&ins)
-            .map(|(w, &id)| (id, (w * k).round() as i64))
-            .collect();
+    for (j, (weights, bias)) in integer.into_iter().enumerate() {
+        let terms = ins.iter().copied().zip(weights).collect();
         ops.push(Op::Linear {
             terms,
-            bias: ((l1.b[j] - lo) * k).round() as i64,
+            bias,
             p: p_acc,
         });
         let acc = ops.len() - 1;
@@ -931,10 +1182,6 @@ fn one_hidden_layer(
             shift: CLEARED_BITS,
         });
         let high = ops.len() - 1;
-        split_act.push((
-            high,
-            acts[j].iter().map(|a| (a * sa).round() as i64).collect(),
-        ));
         for (o, w_out) in l2.w.iter().enumerate() {
             let table = acts[j]
                 .iter()
@@ -947,7 +1194,6 @@ fn one_hidden_layer(
                 p: plan.po[g],
             });
             contributions[o][g].push(ops.len() - 1);
-            output_side.insert(ops.len() - 1);
         }
     }
     let mut outputs = vec![];
@@ -963,62 +1209,8 @@ fn one_hidden_layer(
                 p: plan.po[g],
             });
             outputs.push(ops.len() - 1);
-            output_side.insert(ops.len() - 1);
         }
     }
-    // The split circuit: the same ops up to each neuron's `high`, then one activation lookup.
-    let mut split_ops: Vec<Op> = Vec::new();
-    let mut remap: Vec<ValueId> = vec![usize::MAX; ops.len()];
-    let mut split_outputs = vec![];
-    let highs: std::collections::HashMap<ValueId, &Vec<i64>> =
-        split_act.iter().map(|(i, t)| (*i, t)).collect();
-    for (i, op) in ops.iter().enumerate() {
-        if output_side.contains(&i) {
-            continue;
-        }
-        let op = match op.clone() {
-            Op::Linear { terms, bias, p } => Op::Linear {
-                terms: terms.into_iter().map(|(id, c)| (remap[id], c)).collect(),
-                bias,
-                p,
-            },
-            Op::Narrow { input, shift } => Op::Narrow {
-                input: remap[input],
-                shift,
-            },
-            Op::Lut { input, table, p } => Op::Lut {
-                input: remap[input],
-                table,
-                p,
-            },
-            input @ Op::Input { .. } => input,
-        };
-        split_ops.push(op);
-        remap[i] = split_ops.len() - 1;
-        if let Some(table) = highs.get(&i) {
-            split_ops.push(Op::Lut {
-                input: remap[i],
-                table: (*table).clone(),
-                p: pa,
-            });
-            split_outputs.push(split_ops.len() - 1);
-        }
-    }
-    let split = Split {
-        layers: 1,
-        circuit: Circuit {
-            ops: split_ops,
-            outputs: split_outputs,
-            n_inputs: l1.n_in(),
-        },
-        activation_scale: sa,
-        activation_scales: vec![],
-        rest: Network {
-            layers: vec![l2.clone()],
-            activations: vec![],
-            head: net.head.clone(),
-        },
-    };
     Ok(CompiledModel {
         circuit: Circuit {
             ops,
@@ -1031,7 +1223,11 @@ fn one_hidden_layer(
         kind: format!("network 1×{h} {act:?}").to_lowercase(),
         params: opts.params,
         log2_p_fail: 0.0,
-        split: Some(split),
+        log2_p_fail_sample: None,
+        range_check: Some(RangeCheck {
+            accumulators: h,
+            may_wrap,
+        }),
         outputs_per_score: groups,
         output_shifts: vec![],
     })
@@ -1041,10 +1237,15 @@ fn one_hidden_layer(
 const MAX_CUTS: usize = LUT_SIZE - 1;
 
 /// `f` with every threshold snapped onto its feature's [`TreeGrid`].
-fn snap_forest(f: &Forest, calibration: &[Vec<f64>], bits: u32) -> Forest {
+fn snap_forest(
+    f: &Forest,
+    calibration: &[Vec<f64>],
+    bits: u32,
+    declared: Option<&[(f64, f64)]>,
+) -> Forest {
     let grids: Vec<Option<TreeGrid>> = (0..f.n_features)
         .map(|feat| {
-            let (lo, hi) = column_range(calibration, feat);
+            let (lo, hi) = column_range(calibration, feat, declared);
             TreeGrid::new(lo, hi, bits)
         })
         .collect();
@@ -1339,7 +1540,8 @@ fn forest(f: &Forest, opts: &CompileOptions, cap: usize) -> Result<CompiledModel
         kind: format!("forest of {} trees", f.trees.len()),
         params: opts.params,
         log2_p_fail: 0.0,
-        split: None,
+        log2_p_fail_sample: None,
+        range_check: None,
         outputs_per_score: n_groups,
         output_shifts: vec![],
     })
@@ -1348,6 +1550,17 @@ fn forest(f: &Forest, opts: &CompileOptions, cap: usize) -> Result<CompiledModel
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn published_ranges_are_rounded_outward_to_two_significant_digits_of_the_width() {
+        assert_eq!(public_range(6.981, 28.11), (6.0, 29.0));
+        assert_eq!(public_range(0.05263, 0.1634), (0.05, 0.17));
+        assert_eq!(public_range(-3.7, 3.7), (-3.7, 3.7));
+        assert_eq!(public_range(143.5, 2501.0), (100.0, 2600.0));
+        // A constant column gets a range around it, not its exact value at both ends.
+        let (lo, hi) = public_range(12.34, 12.34);
+        assert!(lo <= 12.34 && hi >= 12.34 && hi > lo);
+    }
 
     #[test]
     fn quantisers_count_their_levels() {
@@ -1476,7 +1689,7 @@ mod tests {
                     .collect()
             })
             .collect();
-        let snapped = FloatModel::Forest(snap_forest(f, &rows, 6));
+        let snapped = FloatModel::Forest(snap_forest(f, &rows, 6, None));
         let changed = rows
             .iter()
             .filter(|r| {

@@ -16,8 +16,8 @@ pub mod noise;
 
 pub use circuit::{Circuit, Op};
 pub use compile::{
-    ClientSpec, CompileOptions, CompiledModel, Fidelity, Quantiser, Split, SplitSpec, compile,
-    fidelity,
+    Accumulators, ClientSpec, CompileOptions, CompiledModel, Disclosure, FeatureDisclosure,
+    Fidelity, Outputs, Quantiser, RangeCheck, compile, fidelity,
 };
 pub use model::{FloatModel, Head, read_onnx};
 pub use noise::Params;

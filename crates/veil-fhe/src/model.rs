@@ -92,6 +92,15 @@ pub enum Head {
 }
 
 impl Head {
+    /// The class labels (none for a regression).
+    pub fn classes(&self) -> Vec<String> {
+        match self {
+            Head::Binary { classes } => classes.to_vec(),
+            Head::Argmax { classes } => classes.clone(),
+            Head::Regression => Vec::new(),
+        }
+    }
+
     pub fn n_scores(&self) -> usize {
         match self {
             Head::Binary { .. } | Head::Regression => 1,

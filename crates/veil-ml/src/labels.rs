@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 
-use crate::{ClassLabels, Prediction};
+use crate::{ClassLabels, Output};
 
 #[derive(Debug, Clone)]
 pub struct ClassMap {
@@ -57,20 +57,19 @@ impl ClassMap {
         (pos < self.classes).then_some(pos)
     }
 
-    /// The class index of row `i`'s prediction, if it is one of the declared classes.
-    pub fn predicted(&self, p: &Prediction, i: usize) -> Option<usize> {
+    /// The class index of a prediction, if it is one of the declared classes.
+    pub fn class_of(&self, p: &Output) -> Option<usize> {
         match p {
-            Prediction::StringLabels(v) => self.by_name.get(v.get(i)?).copied(),
-            Prediction::IntLabels(v) => self.int(*v.get(i)?),
-            Prediction::ClassIndices(v) => {
-                let idx = *v.get(i)?;
+            Output::StringLabel(v) => self.by_name.get(v).copied(),
+            Output::IntLabel(v) => self.int(*v),
+            Output::ClassIndex(idx) => {
                 if self.numeric {
                     self.by_name.get(&idx.to_string()).copied()
                 } else {
-                    (idx < self.classes).then_some(idx)
+                    (*idx < self.classes).then_some(*idx)
                 }
             }
-            Prediction::Values(_) => None,
+            Output::Value(_) => None,
         }
     }
 }
@@ -89,33 +88,20 @@ mod tests {
             &cats(&["malignant", "benign"]),
             Some(&ClassLabels::Ints(vec![0, 1])),
         );
-        let p = Prediction::IntLabels(vec![0, 1, 7]);
         assert_eq!(
-            (m.predicted(&p, 0), m.predicted(&p, 1), m.predicted(&p, 2)),
-            (Some(0), Some(1), None)
+            [0, 1, 7].map(|v| m.class_of(&Output::IntLabel(v))),
+            [Some(0), Some(1), None]
         );
         assert_eq!(m.truth("benign"), Some(1));
 
         let numeric = ClassMap::new(&cats(&["1", "0"]), None);
-        assert_eq!(
-            numeric.predicted(&Prediction::IntLabels(vec![0]), 0),
-            Some(1),
-            "by value"
-        );
+        assert_eq!(numeric.class_of(&Output::IntLabel(0)), Some(1), "by value");
 
         let s = ClassMap::new(&cats(&["cat", "dog"]), None);
-        assert_eq!(
-            s.predicted(&Prediction::StringLabels(cats(&["dog", "cow"])), 0),
-            Some(1)
-        );
-        assert_eq!(
-            s.predicted(&Prediction::StringLabels(cats(&["dog", "cow"])), 1),
-            None
-        );
-        assert_eq!(
-            s.predicted(&Prediction::ClassIndices(vec![1, 5]), 0),
-            Some(1)
-        );
-        assert_eq!(s.predicted(&Prediction::ClassIndices(vec![1, 5]), 1), None);
+        assert_eq!(s.class_of(&Output::StringLabel("dog".into())), Some(1));
+        assert_eq!(s.class_of(&Output::StringLabel("cow".into())), None);
+        assert_eq!(s.class_of(&Output::ClassIndex(1)), Some(1));
+        assert_eq!(s.class_of(&Output::ClassIndex(5)), None);
+        assert_eq!(s.class_of(&Output::Value(1.0)), None);
     }
 }

@@ -1,12 +1,13 @@
-//! ONNX models: inspect and type-check an upload, then run it on feature matrices.
+//! ONNX models: inspect and type-check an upload, then run it on rows, one row per run.
 //!
 //! Pure computation over bytes (no files, no network). Uploaded models are untrusted input:
 //! [`inspect`] decodes the protobuf itself, checks every operator against an allow-list
 //! (no control flow, no custom domains), works out what the model computes (classifier with a
 //! label output, classifier via argmax over scores, or regressor), and then builds a tract
 //! plan and runs one row, all under `catch_unwind` because the ONNX loader has panicking paths
-//! on malformed files. [`Model`] runs batches; a plan is `Send + Sync` and may be shared by
-//! a worker pool.
+//! on malformed files. [`Model`] is planned for a single row and runs every row alone, so a
+//! model's output for a row depends on that row only (see `runtime`); a plan is
+//! `Send + Sync` and may be shared by a worker pool.
 
 mod inspect;
 pub mod labels;
@@ -15,7 +16,7 @@ mod runtime;
 
 pub use inspect::{ClassLabels, IoInfo, ModelKind, ModelSummary, allowed_operators, inspect};
 pub use labels::ClassMap;
-pub use runtime::{Model, Prediction};
+pub use runtime::{Model, Output, Prediction};
 
 /// Upload limits.
 #[derive(Debug, Clone, Copy)]

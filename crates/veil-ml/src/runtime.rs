@@ -1,4 +1,12 @@
-//! Running a checked model on batches of rows.
+//! Running a checked model, one row at a time.
+//!
+//! A model is planned for an input of exactly one row and every run sees one row alone. That
+//! is what makes a validation's output for a row depend on that row only, whatever the graph
+//! does: a reduction, matrix product, transpose, `Shape`, `Gather` or `Slice` over the batch
+//! axis has nothing but the row itself to read, and no allowed operator keeps state between
+//! runs (no control flow, no random operators, a fresh tract state per run). A static axis
+//! analysis of the typed graph could allow batched runs, but it would have to be right for
+//! every operator tract rewrites the graph into; one row per run is right by construction.
 
 use std::sync::Arc;
 
@@ -8,7 +16,17 @@ use tract_onnx::prelude::*;
 use crate::inspect::{ClassLabels, ModelKind, ModelSummary, attr_ints, decode};
 use crate::{ModelError, guarded};
 
-/// A model's predictions for a batch.
+/// A model's output for one row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    IntLabel(i64),
+    StringLabel(String),
+    /// Argmax over class scores: the class index.
+    ClassIndex(usize),
+    Value(f64),
+}
+
+/// A model's predictions for several rows (each computed alone).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Prediction {
     IntLabels(Vec<i64>),
@@ -18,7 +36,7 @@ pub enum Prediction {
     Values(Vec<f64>),
 }
 
-/// A planned model, shareable across threads.
+/// A model planned for one row, shareable across threads.
 pub struct Model {
     plan: Arc<TypedSimplePlan>,
     n_features: usize,
@@ -98,11 +116,12 @@ impl Model {
                 "int32" => i32::datum_type(),
                 _ => f32::datum_type(),
             };
-            let n = model.sym("N");
+            // One row per run (see the module notes): the batch axis, if the model has one,
+            // is fixed to 1.
             let fact = if summary.input.shape.len() == 1 {
                 InferenceFact::dt_shape(input_type, [summary.n_features.to_dim()])
             } else {
-                InferenceFact::dt_shape(input_type, [n.to_dim(), summary.n_features.to_dim()])
+                InferenceFact::dt_shape(input_type, [1.to_dim(), summary.n_features.to_dim()])
             };
             model
                 .set_input_fact(0, fact)
@@ -131,7 +150,8 @@ impl Model {
         &self.kind
     }
 
-    /// Runs the model on `rows` rows of `n_features` values, row-major.
+    /// Runs the model on `rows` rows of `n_features` values, row-major, one row at a time;
+    /// the first row the model fails on fails the whole call.
     pub fn predict(&self, features: &[f32], rows: usize) -> Result<Prediction, ModelError> {
         if features.len() != rows * self.n_features {
             return Err(ModelError::Input(format!(
@@ -141,8 +161,40 @@ impl Model {
                 features.len()
             )));
         }
+        let outputs = features
+            .chunks(self.n_features.max(1))
+            .take(rows)
+            .map(|row| self.predict_row(row))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut prediction = match outputs.first() {
+            Some(Output::StringLabel(_)) => Prediction::StringLabels(Vec::new()),
+            Some(Output::ClassIndex(_)) => Prediction::ClassIndices(Vec::new()),
+            Some(Output::Value(_)) => Prediction::Values(Vec::new()),
+            Some(Output::IntLabel(_)) | None => Prediction::IntLabels(Vec::new()),
+        };
+        for o in outputs {
+            match (&mut prediction, o) {
+                (Prediction::IntLabels(v), Output::IntLabel(x)) => v.push(x),
+                (Prediction::StringLabels(v), Output::StringLabel(x)) => v.push(x),
+                (Prediction::ClassIndices(v), Output::ClassIndex(x)) => v.push(x),
+                (Prediction::Values(v), Output::Value(x)) => v.push(x),
+                _ => return Err(run_err("rows gave outputs of different types")),
+            }
+        }
+        Ok(prediction)
+    }
+
+    /// Runs the model on one row of `n_features` values, alone.
+    pub fn predict_row(&self, row: &[f32]) -> Result<Output, ModelError> {
+        if row.len() != self.n_features {
+            return Err(ModelError::Input(format!(
+                "expected {} feature values, got {}",
+                self.n_features,
+                row.len()
+            )));
+        }
         guarded("running", || {
-            let x = Tensor::from_shape(&[rows, self.n_features], features).map_err(run_err)?;
+            let x = Tensor::from_shape(&[1, self.n_features], row).map_err(run_err)?;
             let x = if self.input_type == f32::datum_type() {
                 x
             } else {
@@ -150,67 +202,71 @@ impl Model {
             };
             let out = self.plan.run(tvec!(x.into())).map_err(run_err)?;
             let t = out.first().ok_or_else(|| run_err("no output"))?;
+            let one = |n: usize| {
+                if n == 1 {
+                    Ok(())
+                } else {
+                    Err(run_err(format!("{n} outputs for one row")))
+                }
+            };
             if let Some(classes) = &self.binary_labels {
                 let s = t.cast_to::<f32>().map_err(run_err)?;
                 let v = s.to_plain_array_view::<f32>().map_err(run_err)?;
-                let flat: Vec<f32> = v.iter().copied().collect();
-                let second: Vec<bool> = flat
-                    .chunks(2)
-                    .map(|p| p.len() == 2 && p[1] > p[0])
-                    .collect();
-                if second.len() != rows {
-                    return Err(run_err(format!(
-                        "{} probability rows for {rows} rows",
-                        second.len()
-                    )));
-                }
+                let p: Vec<f32> = v.iter().copied().collect();
+                let [first, second] = p.as_slice() else {
+                    return Err(run_err(format!("{} probabilities for one row", p.len())));
+                };
+                let i = usize::from(second > first);
                 return Ok(match classes {
-                    ClassLabels::Ints(c) => {
-                        Prediction::IntLabels(second.iter().map(|&b| c[usize::from(b)]).collect())
-                    }
-                    ClassLabels::Strings(c) => Prediction::StringLabels(
-                        second.iter().map(|&b| c[usize::from(b)].clone()).collect(),
-                    ),
+                    ClassLabels::Ints(c) => Output::IntLabel(c[i]),
+                    ClassLabels::Strings(c) => Output::StringLabel(c[i].clone()),
                 });
             }
             match &self.kind {
                 ModelKind::Classifier { .. } => {
+                    one(t.len())?;
                     if t.datum_type() == String::datum_type() {
                         let v = t.to_plain_array_view::<String>().map_err(run_err)?;
-                        Ok(Prediction::StringLabels(v.iter().cloned().collect()))
+                        let label = v
+                            .iter()
+                            .next()
+                            .cloned()
+                            .ok_or_else(|| run_err("no label"))?;
+                        Ok(Output::StringLabel(label))
                     } else {
                         // skl2onnx casts labels to int64, which tract models as TDim.
                         let ints = t.cast_to::<i64>().map_err(run_err)?;
                         let v = ints.to_plain_array_view::<i64>().map_err(run_err)?;
-                        Ok(Prediction::IntLabels(v.iter().copied().collect()))
+                        let label = v
+                            .iter()
+                            .next()
+                            .copied()
+                            .ok_or_else(|| run_err("no label"))?;
+                        Ok(Output::IntLabel(label))
                     }
                 }
                 ModelKind::ScoreClassifier { .. } => {
                     let s = t.cast_to::<f32>().map_err(run_err)?;
                     let v = s.to_plain_array_view::<f32>().map_err(run_err)?;
-                    let classes = v.shape().last().copied().unwrap_or(1).max(1);
-                    let flat: Vec<f32> = v.iter().copied().collect();
-                    Ok(Prediction::ClassIndices(
-                        flat.chunks(classes)
-                            .map(|row| {
-                                row.iter()
-                                    .enumerate()
-                                    .fold((0, f32::NEG_INFINITY), |best, (i, x)| {
-                                        if *x > best.1 { (i, *x) } else { best }
-                                    })
-                                    .0
-                            })
-                            .collect(),
-                    ))
+                    let best = v
+                        .iter()
+                        .enumerate()
+                        .fold((0, f32::NEG_INFINITY), |best, (i, x)| {
+                            if *x > best.1 { (i, *x) } else { best }
+                        })
+                        .0;
+                    Ok(Output::ClassIndex(best))
                 }
                 ModelKind::Regressor { .. } => {
+                    one(t.len())?;
                     let s = t.cast_to::<f64>().map_err(run_err)?;
                     let v = s.to_plain_array_view::<f64>().map_err(run_err)?;
-                    let values: Vec<f64> = v.iter().copied().collect();
-                    if values.len() != rows {
-                        return Err(run_err(format!("{} outputs for {rows} rows", values.len())));
-                    }
-                    Ok(Prediction::Values(values))
+                    let value = v
+                        .iter()
+                        .next()
+                        .copied()
+                        .ok_or_else(|| run_err("no value"))?;
+                    Ok(Output::Value(value))
                 }
             }
         })

@@ -263,34 +263,35 @@ async fn concurrent_queries_cannot_overspend() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failure_after_the_charge_is_generic_and_stays_charged() {
+async fn a_missing_dataset_file_is_found_before_the_charge() {
+    // A node sharing its store with another may not hold every dataset's file: that is found
+    // before anything is charged, and said without internals.
     let node = TestNode::start(Backend::Sqlite).await;
     let owner = node.owner().await;
     upload(&owner, "patients", csv()).await.expect("upload");
     let ana = analyst(&node, "ana@lab.org", 2.0).await;
-    // Make execution fail underneath the node (the file disappears).
     for f in walk(&node.config.data_dir.join("datasets")) {
         std::fs::remove_file(f).expect("remove");
     }
     let msg = expect_code(
         ana.query("patients", &q("SELECT COUNT(*) FROM patients", 0.3))
             .await,
-        "query_failed",
+        "dataset_unavailable",
     );
-    assert!(msg.contains("charged"), "{msg}");
+    assert!(msg.contains("nothing was charged"), "{msg}");
     assert!(
         !msg.contains("missing") && !msg.contains("parquet"),
         "no internals: {msg}"
     );
-    assert!((spent(&ana).await - 0.3).abs() < 1e-9);
-    let failed = owner
+    assert_eq!(spent(&ana).await, 0.0);
+    let refused = owner
         .audit(&AuditQuery {
-            action: Some("query.failed".into()),
+            action: Some("query.refused".into()),
             ..AuditQuery::default()
         })
         .await
         .expect("audit");
-    assert_eq!(failed.entries.len(), 1);
+    assert_eq!(refused.entries.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

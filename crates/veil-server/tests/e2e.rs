@@ -421,7 +421,11 @@ async fn health_and_metrics_are_served_and_count_routes() {
     let owner = node.owner().await;
     owner.list_users().await.expect("users");
     owner.get_user("ana@nowhere.org").await.expect_err("404");
-    let text = node.client.metrics().await.expect("metrics");
+    // Metrics depend on what ran over private data: operators only.
+    expect_code(node.client.metrics().await, "unauthenticated");
+    let scientist = node.user("ana@lab.org", "data-scientist").await;
+    expect_code(scientist.metrics().await, "forbidden");
+    let text = owner.metrics().await.expect("metrics");
     assert!(
         text.contains(
             r#"veil_http_requests_total{method="GET",route="/api/v1/users",status="200"} 1"#

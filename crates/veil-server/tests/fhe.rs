@@ -82,19 +82,78 @@ fn encrypt(k: &Keys, spec: &ClientSpec, rows: &[Vec<f64>]) -> Vec<String> {
         .collect()
 }
 
+/// Publishes `model` as `name` with `options`, confirming its disclosure as a creator would.
 async fn publish(
     creator: &Client,
     name: &str,
     model: &str,
-    bits: Option<u32>,
+    options: FhePublishOptions,
     train: &[Vec<f64>],
 ) -> ModelView {
+    // The first attempt compiles and asks the creator to confirm what the spec reveals.
+    let first = creator
+        .upload_model_with(
+            name,
+            fixture(&format!("models/{model}")),
+            None,
+            Some((options.clone(), calibration_csv(train))),
+        )
+        .await;
+    let details = match first {
+        Err(veil_client::ClientError::Api { code, details, .. })
+            if code == "fhe_disclosure_unconfirmed" =>
+        {
+            details.expect("the disclosure")
+        }
+        other => panic!("expected the disclosure to confirm, got {other:?}"),
+    };
+    let disclosure = &details["disclosure"];
+    // Ranges are published rounded outward (a little wider than the calibration rows'), not
+    // as the extreme rows' exact values.
+    for (i, f) in disclosure["features"]
+        .as_array()
+        .expect("features")
+        .iter()
+        .enumerate()
+    {
+        if f["type"] == "range" {
+            let (lo, hi) = (f["lo"].as_f64().expect("lo"), f["hi"].as_f64().expect("hi"));
+            let min = train.iter().map(|r| r[i]).fold(f64::INFINITY, f64::min);
+            let max = train.iter().map(|r| r[i]).fold(f64::NEG_INFINITY, f64::max);
+            assert!(
+                lo <= min && hi >= max,
+                "{f}: calibration range [{min}, {max}]"
+            );
+            assert!(hi - lo <= 1.25 * (max - min) + 1e-9, "{f}: [{min}, {max}]");
+        }
+    }
+    assert!(
+        creator
+            .list_models()
+            .await
+            .expect("list")
+            .iter()
+            .all(|m| m.name != name),
+        "nothing stored before the confirmation"
+    );
+    let learn = disclosure["data_users_learn"].to_string();
+    assert!(learn.contains("no circuit privacy"), "{learn}");
+    if options.accumulators.as_deref() == Some("calibration") {
+        assert!(learn.contains("sized to the calibration rows"), "{learn}");
+    }
+    let digest = details["digest"].as_str().expect("digest").to_string();
     creator
         .upload_model_with(
             name,
             fixture(&format!("models/{model}")),
             None,
-            Some((FhePublishOptions { bits }, calibration_csv(train))),
+            Some((
+                FhePublishOptions {
+                    confirm: Some(digest),
+                    ..options
+                },
+                calibration_csv(train),
+            )),
         )
         .await
         .expect("publish")
@@ -109,13 +168,22 @@ async fn encrypted_inference_decrypts_to_the_simulator() {
     let train = rows("data/breast_cancer_train.csv");
     let test = rows("data/breast_cancer_test.csv");
 
-    // Concrete ML's MLP at its 4-bit setting: some neurons bootstrap, some fold into the
-    // affine part (at the default width the 8-neuron MLP compiles to no bootstrap at all).
+    // Concrete ML's MLP at its 4-bit setting, with the creator's choices that keep its
+    // bootstraps (accumulators sized to the calibration rows, partial sums returned): some
+    // neurons bootstrap, some fold into the affine part. (By default, sized to the whole input
+    // box with one output per score, this almost linearly separable task compiles to no
+    // bootstrap at all.)
+    let options = FhePublishOptions {
+        bits: Some(4),
+        accumulators: Some("calibration".into()),
+        outputs: Some("partial_sums".into()),
+        ..FhePublishOptions::default()
+    };
     let m = publish(
         &creator,
         "tumour-mlp",
         "breast_cancer_mlp.onnx",
-        Some(4),
+        options,
         &train,
     )
     .await;
@@ -134,6 +202,8 @@ async fn encrypted_inference_decrypts_to_the_simulator() {
     let float = veil_fhe::read_onnx(&fixture("models/breast_cancer_mlp.onnx"), 4096).expect("read");
     let opts = CompileOptions {
         bits: Some(4),
+        accumulators: veil_fhe::Accumulators::Calibration,
+        outputs: veil_fhe::Outputs::PartialSums,
         ..CompileOptions::default()
     };
     let compiled = veil_fhe::compile(&float, &train, &opts).expect("compile");
@@ -161,7 +231,6 @@ async fn encrypted_inference_decrypts_to_the_simulator() {
                 key_sha256: k.sha256.clone(),
                 version: None,
                 samples: encrypt(&k, &spec, &samples),
-                split_at: None,
             },
         )
         .await
@@ -174,58 +243,34 @@ async fn encrypted_inference_decrypts_to_the_simulator() {
         assert_eq!(got, compiled.simulate(r).expect("simulate"));
     }
 
-    // Split inference: the first layer under FHE, the rest in plaintext on the node.
-    let split = spec.split.clone().expect("networks split");
-    let reply = user
-        .fhe_infer(
-            "tumour-mlp",
-            &FheInferBody {
-                key_id: key.id.clone(),
-                key_sha256: k.sha256.clone(),
-                version: None,
-                samples: encrypt(&k, &spec, &samples),
-                split_at: Some(1),
-            },
-        )
-        .await
-        .expect("split infer");
-    assert_eq!(reply.pbs, split.pbs_per_sample * samples.len());
-    let local = compiled.split.clone().expect("split");
-    let mut activations = vec![];
-    for (r, o) in samples.iter().zip(&reply.outputs) {
-        let ct = EncryptedOutputs::from_bytes(&B64.decode(o).expect("b64")).expect("outputs");
-        let got = k.client.decrypt(&split.output_bits, &ct).expect("decrypt");
-        let q = compiled.quantise(r).expect("quantise");
-        assert_eq!(got, local.circuit.simulate(&q));
-        activations.push(got);
-    }
-    let finished = user
-        .fhe_finish(
-            "tumour-mlp",
-            &FheFinishBody {
-                split_at: 1,
-                version: None,
-                activations: activations.clone(),
-            },
-        )
-        .await
-        .expect("finish");
-    for (a, p) in activations.iter().zip(&finished.predictions) {
-        let scores = local.finish(a).expect("finish");
-        assert_eq!(p.label, local.rest.head.label(&scores));
-    }
-    expect_code(
-        user.fhe_finish(
-            "tumour-mlp",
-            &FheFinishBody {
-                split_at: 2,
-                version: None,
-                activations,
-            },
-        )
-        .await,
-        "invalid_fhe_request",
+    // The client side refuses a reply that does not fit what it sent and the spec.
+    let replies: Vec<EncryptedOutputs> = reply
+        .outputs
+        .iter()
+        .map(|o| EncryptedOutputs::from_bytes(&B64.decode(o).expect("b64")).expect("outputs"))
+        .collect();
+    assert_eq!(
+        k.client
+            .decrypt_reply(&spec, samples.len(), &replies)
+            .expect("fits")
+            .len(),
+        samples.len()
     );
+    assert!(
+        k.client
+            .decrypt_reply(&spec, samples.len() - 1, &replies)
+            .is_err()
+    );
+    // Split inference is gone: no endpoint takes decrypted values back.
+    let (status, _) = user
+        .raw(
+            veil_client::HttpMethod::POST,
+            "api/v1/fhe/models/tumour-mlp/finish",
+            Some(("application/json", b"{}".to_vec())),
+        )
+        .await
+        .expect("sent");
+    assert_eq!(status, 404);
 
     // The audit log says who ran what on how many samples, never ciphertexts.
     let audit = owner
@@ -254,7 +299,6 @@ async fn encrypted_inference_decrypts_to_the_simulator() {
         key_sha256: sha.into(),
         version: None,
         samples,
-        split_at: None,
     };
     let one = encrypt(&k, &spec, &samples[..1]);
     expect_code(
@@ -369,7 +413,13 @@ async fn publishing_refuses_what_cannot_be_compiled() {
                 fixture("models/breast_cancer_mlp8.onnx"),
                 None,
                 Some((
-                    FhePublishOptions { bits: Some(30) },
+                    FhePublishOptions {
+                        bits: Some(30),
+                        confirm: None,
+                        ranges: None,
+                        accumulators: None,
+                        outputs: None,
+                    },
                     calibration_csv(&train),
                 )),
             )
@@ -389,7 +439,14 @@ async fn expired_evaluation_keys_are_refused() {
     let creator = node.user("mo@lab.org", "model-creator").await;
     let user = node.user("pat@home.org", "data-user").await;
     let train = rows("data/breast_cancer_train.csv");
-    publish(&creator, "lr", "breast_cancer_lr_scaled.onnx", None, &train).await;
+    publish(
+        &creator,
+        "lr",
+        "breast_cancer_lr_scaled.onnx",
+        FhePublishOptions::default(),
+        &train,
+    )
+    .await;
     let spec: ClientSpec =
         serde_json::from_value(user.fhe_model("lr", None).await.expect("spec").spec).expect("spec");
     let k = keys();
@@ -406,7 +463,6 @@ async fn expired_evaluation_keys_are_refused() {
                 key_sha256: k.sha256.clone(),
                 version: None,
                 samples: encrypt(&k, &spec, &train[..1]),
-                split_at: None,
             },
         )
         .await,

@@ -24,9 +24,9 @@ const ALL: &[&str] = &[
 
 /// Who may call what, from PRODUCT.md: administrators manage users, roles, budgets and
 /// datasets; compliance officers read the audit log and (to review) users, roles, budgets and
-/// the catalogue; data scientists browse datasets and mock data and run DP queries; guests
-/// browse the catalogue. "auditor" is a custom role holding audit:read and
-/// datasets:read-metadata.
+/// the catalogue; data scientists browse datasets and mock data, run DP queries and upload
+/// their own models; guests browse the catalogue. "auditor" is a custom role holding
+/// audit:read and datasets:read-metadata.
 fn expected() -> BTreeMap<&'static str, &'static [&'static str]> {
     let admins: &[&str] = &["owner", "administrator"];
     let readers: &[&str] = &["owner", "administrator", "compliance-officer"];
@@ -49,12 +49,14 @@ fn expected() -> BTreeMap<&'static str, &'static [&'static str]> {
         "model-creator",
         "data-user",
     ];
-    let creators: &[&str] = &["owner", "model-creator"];
+    // Data scientists upload their own models to validate them (private to them and
+    // reviewers); publishing for encrypted inference stays with model creators.
+    let uploaders: &[&str] = &["owner", "data-scientist", "model-creator"];
     let reviewers: &[&str] = &["owner", "compliance-officer"];
     let fhe_users: &[&str] = &["owner", "data-user"];
     BTreeMap::from([
         ("GET /healthz", ALL),
-        ("GET /metrics", ALL),
+        ("GET /metrics", admins),
         ("GET /api/v1/openapi.json", ALL),
         ("POST /api/v1/auth/login", ALL),
         ("POST /api/v1/auth/logout", ALL),
@@ -90,8 +92,8 @@ fn expected() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("DELETE /api/v1/me/keys/{id}", ALL),
         ("GET /api/v1/models", model_readers),
         ("GET /api/v1/models/{name}", model_readers),
-        ("PUT /api/v1/models/{name}", creators),
-        ("DELETE /api/v1/models/{name}", creators),
+        ("PUT /api/v1/models/{name}", uploaders),
+        ("DELETE /api/v1/models/{name}", uploaders),
         ("POST /api/v1/models/{name}/validate", analysts),
         ("GET /api/v1/requests", ALL),
         ("GET /api/v1/requests/{id}", ALL),
@@ -99,7 +101,6 @@ fn expected() -> BTreeMap<&'static str, &'static [&'static str]> {
         ("POST /api/v1/requests/{id}/deny", reviewers),
         ("GET /api/v1/fhe/models/{name}", fhe_users),
         ("POST /api/v1/fhe/models/{name}/infer", fhe_users),
-        ("POST /api/v1/fhe/models/{name}/finish", fhe_users),
         ("GET /api/v1/fhe/keys", fhe_users),
         ("POST /api/v1/fhe/keys", fhe_users),
         ("DELETE /api/v1/fhe/keys/{id}", fhe_users),

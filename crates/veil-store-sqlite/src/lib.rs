@@ -88,6 +88,31 @@ impl SqliteStore {
         self.write.close().await;
     }
 
+    async fn insert_request(
+        tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+        r: &NewRequest,
+        now: i64,
+    ) -> Result<rows::RequestRow> {
+        query_as::<_, rows::RequestRow>(concat!(
+            "INSERT INTO requests (kind, requester_id, requester, target, dataset, parameters, epsilon, delta, status, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10) RETURNING ",
+            veil_store::request_columns!()
+        ))
+        .bind(&r.kind)
+        .bind(r.requester_id)
+        .bind(&r.requester)
+        .bind(&r.target)
+        .bind(r.dataset.as_deref())
+        .bind(&r.parameters)
+        .bind(sql_amount(r.epsilon.units()))
+        .bind(sql_amount(r.delta.units()))
+        .bind(r.status.as_str())
+        .bind(now)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(backend)
+    }
+
     async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
         self.write
             .begin_with("BEGIN IMMEDIATE")
@@ -728,6 +753,10 @@ impl Store for SqliteStore {
         .map_err(backend)?
         .try_get(0)
         .map_err(backend)?;
+        let request_id = match &debit.opens {
+            Some(r) => Some(Self::insert_request(&mut tx, r, now).await?.0),
+            None => None,
+        };
         tx.commit().await.map_err(backend)?;
         Ok(DebitReceipt {
             ledger_id,
@@ -735,6 +764,7 @@ impl Store for SqliteStore {
             epsilon: debit.epsilon,
             delta: debit.delta,
             budgets,
+            request_id,
         })
     }
 
@@ -756,9 +786,19 @@ impl Store for SqliteStore {
 
     async fn create_dataset(&self, d: &NewDataset, audit: NewAuditEntry) -> Result<DatasetRecord> {
         let mut tx = self.begin().await?;
+        // A deleted dataset's row stays (without its key) so that its global cap and what was
+        // spent under it carry over to a new upload under the same name.
         let row = query_as::<_, rows::DatasetRow>(concat!(
             "INSERT INTO datasets (name, description, manifest, file_id, wrapped_key, row_count, bytes_stored, created_by, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING ",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (name) DO UPDATE SET
+                 description = excluded.description, manifest = excluded.manifest,
+                 file_id = excluded.file_id, wrapped_key = excluded.wrapped_key,
+                 row_count = excluded.row_count, bytes_stored = excluded.bytes_stored,
+                 created_by = excluded.created_by, created_at = excluded.created_at,
+                 deleted_at = NULL
+             WHERE datasets.deleted_at IS NOT NULL
+             RETURNING ",
             veil_store::dataset_columns!()
         ))
         .bind(&d.name)
@@ -770,7 +810,7 @@ impl Store for SqliteStore {
         .bind(sql_amount(d.bytes_stored))
         .bind(&d.created_by)
         .bind(now_micros())
-        .fetch_one(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(|e| {
             if is_unique(&e) {
@@ -778,7 +818,8 @@ impl Store for SqliteStore {
             } else {
                 backend(e)
             }
-        })?;
+        })?
+        .ok_or(StoreError::Conflict { what: "dataset" })?;
         self.append_in(&mut tx, &audit).await?;
         tx.commit().await.map_err(backend)?;
         rows::dataset(row)
@@ -788,7 +829,7 @@ impl Store for SqliteStore {
         query_as::<_, rows::DatasetRow>(concat!(
             "SELECT ",
             veil_store::dataset_columns!(),
-            " FROM datasets WHERE name = ?1"
+            " FROM datasets WHERE name = ?1 AND deleted_at IS NULL"
         ))
         .bind(name)
         .fetch_optional(&self.read)
@@ -802,7 +843,7 @@ impl Store for SqliteStore {
         query_as::<_, rows::DatasetRow>(concat!(
             "SELECT ",
             veil_store::dataset_columns!(),
-            " FROM datasets ORDER BY name"
+            " FROM datasets WHERE deleted_at IS NULL ORDER BY name"
         ))
         .fetch_all(&self.read)
         .await
@@ -815,14 +856,27 @@ impl Store for SqliteStore {
     async fn delete_dataset(&self, name: &str, audit: NewAuditEntry) -> Result<DatasetRecord> {
         let mut tx = self.begin().await?;
         let row = query_as::<_, rows::DatasetRow>(concat!(
-            "DELETE FROM datasets WHERE name = ?1 RETURNING ",
-            veil_store::dataset_columns!()
+            "SELECT ",
+            veil_store::dataset_columns!(),
+            " FROM datasets WHERE name = ?1 AND deleted_at IS NULL"
         ))
         .bind(name)
         .fetch_optional(&mut *tx)
         .await
         .map_err(backend)?
         .ok_or(StoreError::NotFound { what: "dataset" })?;
+        // The key goes (the file is unreadable from this commit on); the row stays as the
+        // name's budget record (see `create_dataset`).
+        query(
+            "UPDATE datasets SET deleted_at = ?2, wrapped_key = ?3, file_id = 'deleted-' || file_id
+             WHERE name = ?1",
+        )
+        .bind(name)
+        .bind(now_micros())
+        .bind(Vec::<u8>::new())
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
         self.append_in(&mut tx, &audit).await?;
         tx.commit().await.map_err(backend)?;
         rows::dataset(row)
@@ -840,7 +894,7 @@ impl Store for SqliteStore {
                  epsilon_cap = CASE WHEN ?1 THEN ?2 ELSE epsilon_cap END,
                  delta_cap = CASE WHEN ?3 THEN ?4 ELSE delta_cap END,
                  policy = COALESCE(?5, policy)
-             WHERE name = ?6 RETURNING ",
+             WHERE name = ?6 AND deleted_at IS NULL RETURNING ",
             veil_store::dataset_columns!()
         ))
         .bind(settings.epsilon_cap.is_some())
@@ -938,8 +992,8 @@ impl Store for SqliteStore {
     async fn create_model(&self, m: &NewModel, audit: NewAuditEntry) -> Result<ModelRecord> {
         let mut tx = self.begin().await?;
         let row = query_as::<_, rows::ModelRow>(concat!(
-            "INSERT INTO models (name, version, owner_id, owner_email, file_id, wrapped_key, sha256, size_bytes, summary, signed_by, created_at, fhe_file_id, fhe_wrapped_key, fhe_summary)
-             VALUES (?1, (SELECT COALESCE(MAX(version), 0) + 1 FROM models WHERE name = ?1), ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+            "INSERT INTO models (name, version, owner_id, owner_email, file_id, wrapped_key, sha256, size_bytes, summary, signed_by, created_at, fhe_file_id, fhe_wrapped_key, fhe_summary, private)
+             VALUES (?1, (SELECT COALESCE(MAX(version), 0) + 1 FROM models WHERE name = ?1), ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
              RETURNING ",
             veil_store::model_columns!()
         ))
@@ -956,6 +1010,7 @@ impl Store for SqliteStore {
         .bind(m.fhe.as_ref().map(|f| f.file_id.as_str()))
         .bind(m.fhe.as_ref().map(|f| f.wrapped_key.as_slice()))
         .bind(m.fhe.as_ref().map(|f| f.summary.as_str()))
+        .bind(m.private)
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| {
@@ -1109,25 +1164,7 @@ impl Store for SqliteStore {
 
     async fn create_request(&self, r: &NewRequest, audit: NewAuditEntry) -> Result<RequestRecord> {
         let mut tx = self.begin().await?;
-        let now = now_micros();
-        let row = query_as::<_, rows::RequestRow>(concat!(
-            "INSERT INTO requests (kind, requester_id, requester, target, dataset, parameters, epsilon, delta, status, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10) RETURNING ",
-            veil_store::request_columns!()
-        ))
-        .bind(&r.kind)
-        .bind(r.requester_id)
-        .bind(&r.requester)
-        .bind(&r.target)
-        .bind(r.dataset.as_deref())
-        .bind(&r.parameters)
-        .bind(sql_amount(r.epsilon.units()))
-        .bind(sql_amount(r.delta.units()))
-        .bind(r.status.as_str())
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(backend)?;
+        let row = Self::insert_request(&mut tx, r, now_micros()).await?;
         self.append_in(&mut tx, &audit).await?;
         tx.commit().await.map_err(backend)?;
         rows::request(row)

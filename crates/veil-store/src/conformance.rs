@@ -52,6 +52,8 @@ macro_rules! conformance_tests {
             audit_filters,
             datasets_round_trip,
             dataset_global_cap_binds_all_users,
+            dataset_global_cap_survives_delete_and_reupload,
+            debits_can_open_the_record_of_what_they_pay_for,
             signing_keys_round_trip,
             models_are_versioned,
             fhe_artifacts_and_evaluation_keys_round_trip,
@@ -516,6 +518,7 @@ pub async fn budgets_set_and_update_caps(f: &dyn Fixture) {
                 delta: Delta::ZERO,
                 purpose: "test".into(),
                 reference: "r1".into(),
+                opens: None,
             },
             audit("budget.debit"),
         )
@@ -562,6 +565,7 @@ fn debit(user_id: UserId, e: f64, d: f64, dataset: Option<&str>) -> DebitRequest
         delta: delta(d),
         purpose: "query".into(),
         reference: "sha256:abc".into(),
+        opens: None,
     }
 }
 
@@ -1031,6 +1035,151 @@ pub async fn dataset_global_cap_binds_all_users(f: &dyn Fixture) {
     assert_eq!(d.epsilon_spent, eps(0.7));
 }
 
+/// The cap protects the people in the data, not the file: deleting a dataset and uploading it
+/// again under its name keeps the cap and what was spent.
+pub async fn dataset_global_cap_survives_delete_and_reupload(f: &dyn Fixture) {
+    let store = seeded(f).await;
+    store
+        .create_dataset(&new_dataset("patients"), audit("dataset.upload"))
+        .await
+        .expect("create");
+    store
+        .update_dataset(
+            "patients",
+            &DatasetSettings {
+                epsilon_cap: Some(Some(eps(1.0))),
+                policy: Some("review".into()),
+                ..DatasetSettings::default()
+            },
+            audit("dataset.update"),
+        )
+        .await
+        .expect("cap");
+    let ana = user(store.as_ref(), "ana@lab.org", "data-scientist").await;
+    set(store.as_ref(), ana.id, None, 5.0, 0.0).await;
+    store
+        .debit_budget(
+            &debit(ana.id, 0.7, 0.0, Some("patients")),
+            audit("budget.debit"),
+        )
+        .await
+        .expect("fits");
+    let deleted = store
+        .delete_dataset("patients", audit("dataset.delete"))
+        .await
+        .expect("delete");
+    assert_eq!(
+        deleted.file_id,
+        format!("{:0>32}", "patients"),
+        "the file to remove"
+    );
+    assert!(store.get_dataset("patients").await.expect("get").is_none());
+    assert!(store.list_datasets().await.expect("list").is_empty());
+    let again = store
+        .delete_dataset("patients", audit("dataset.delete"))
+        .await;
+    assert!(
+        matches!(again, Err(StoreError::NotFound { .. })),
+        "{again:?}"
+    );
+    let update = store
+        .update_dataset(
+            "patients",
+            &DatasetSettings::default(),
+            audit("dataset.update"),
+        )
+        .await;
+    assert!(
+        matches!(update, Err(StoreError::NotFound { .. })),
+        "{update:?}"
+    );
+
+    let reuploaded = store
+        .create_dataset(
+            &NewDataset {
+                file_id: "f".repeat(32),
+                wrapped_key: vec![9],
+                ..new_dataset("patients")
+            },
+            audit("dataset.upload"),
+        )
+        .await
+        .expect("re-upload");
+    assert_eq!(reuploaded.epsilon_cap, Some(eps(1.0)));
+    assert_eq!(reuploaded.epsilon_spent, eps(0.7));
+    assert_eq!(reuploaded.policy, "review");
+    assert_eq!(reuploaded.wrapped_key, vec![9]);
+    let dup = store
+        .create_dataset(&new_dataset("patients"), audit("dataset.upload"))
+        .await;
+    assert!(matches!(dup, Err(StoreError::Conflict { .. })), "{dup:?}");
+    let refused = store
+        .debit_budget(
+            &debit(ana.id, 0.5, 0.0, Some("patients")),
+            audit("budget.debit"),
+        )
+        .await;
+    assert!(
+        matches!(&refused, Err(StoreError::BudgetExhausted(r)) if r.global && r.epsilon_remaining == eps(0.3)),
+        "{refused:?}"
+    );
+    store
+        .debit_budget(
+            &debit(ana.id, 0.3, 0.0, Some("patients")),
+            audit("budget.debit"),
+        )
+        .await
+        .expect("what is left fits");
+}
+
+/// A debit may open the request record its charged work reports into, in its transaction;
+/// a refused debit opens nothing.
+pub async fn debits_can_open_the_record_of_what_they_pay_for(f: &dyn Fixture) {
+    let store = seeded(f).await;
+    let ana = user(store.as_ref(), "ana@lab.org", "data-scientist").await;
+    set(store.as_ref(), ana.id, None, 1.0, 0.0).await;
+    let opening = |e: f64| DebitRequest {
+        opens: Some(NewRequest {
+            kind: "query".into(),
+            requester_id: ana.id,
+            requester: ana.email.clone(),
+            target: "dataset:patients".into(),
+            dataset: None,
+            parameters: "{}".into(),
+            epsilon: eps(e),
+            delta: Delta::ZERO,
+            status: RequestStatus::Running,
+        }),
+        ..debit(ana.id, e, 0.0, None)
+    };
+    let receipt = store
+        .debit_budget(&opening(0.4), audit("budget.debit"))
+        .await
+        .expect("debit");
+    let id = receipt.request_id.expect("a request was opened");
+    let r = store.get_request(id).await.expect("get").expect("exists");
+    assert_eq!(
+        (r.kind.as_str(), r.status),
+        ("query", RequestStatus::Running)
+    );
+    let refused = store
+        .debit_budget(&opening(0.7), audit("budget.debit"))
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::BudgetExhausted(_))),
+        "{refused:?}"
+    );
+    assert_eq!(
+        store
+            .list_requests(Some(ana.id), None, 10)
+            .await
+            .expect("list")
+            .len(),
+        1,
+        "the refused debit opened no request"
+    );
+}
+
 pub async fn signing_keys_round_trip(f: &dyn Fixture) {
     let store = seeded(f).await;
     let ana = user(store.as_ref(), "ana@lab.org", "model-creator").await;
@@ -1075,6 +1224,7 @@ fn new_model(name: &str, owner: &User, file: &str) -> NewModel {
         summary: "{}".into(),
         signed_by: None,
         fhe: None,
+        private: false,
     }
 }
 
@@ -1090,6 +1240,19 @@ pub async fn fhe_artifacts_and_evaluation_keys_round_trip(f: &dyn Fixture) {
         fhe: Some(fhe.clone()),
         ..new_model("tumour-mlp", &mo, "f9")
     };
+    let own = store
+        .create_model(
+            &NewModel {
+                private: true,
+                ..new_model("own-lr", &mo, "f8")
+            },
+            audit("model.upload"),
+        )
+        .await
+        .expect("create private");
+    assert!(own.private);
+    let listed = store.list_models().await.expect("list");
+    assert!(listed.iter().any(|r| r.name == "own-lr" && r.private));
     let stored = store
         .create_model(&m, audit("model.upload"))
         .await

@@ -212,6 +212,9 @@ pub struct DebitRequest {
     pub purpose: String,
     /// A handle to what was released (query hash, request id), never private data.
     pub reference: String,
+    /// A request record to open in the debit's transaction, in which the charged work's
+    /// outcome will be recorded (so no charge exists without its record).
+    pub opens: Option<NewRequest>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,6 +225,8 @@ pub struct DebitReceipt {
     pub delta: Delta,
     /// The budgets the debit was charged to, after the debit.
     pub budgets: Vec<Budget>,
+    /// The request opened with the debit (`DebitRequest::opens`).
+    pub request_id: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -448,6 +453,9 @@ pub struct NewModel {
     pub signed_by: Option<String>,
     /// The compiled encrypted-inference circuit, if the model is published for FHE.
     pub fhe: Option<FheArtifact>,
+    /// Uploaded by someone who may not publish models (a data scientist's own model, for
+    /// validation): only its owner and reviewers may see it.
+    pub private: bool,
 }
 
 /// A model version's compiled FHE circuit: a sealed file (it holds the quantised weights) and
@@ -514,6 +522,8 @@ pub struct ModelRecord {
     pub signed_by: Option<String>,
     pub created_at: Timestamp,
     pub fhe: Option<FheArtifact>,
+    /// Visible only to its owner and to reviewers (see `NewModel::private`).
+    pub private: bool,
 }
 
 impl std::fmt::Debug for ModelRecord {
@@ -564,8 +574,9 @@ impl RequestStatus {
     }
 }
 
-/// A request for something that may need review (a validation run, later a job).
-#[derive(Debug, Clone, PartialEq)]
+/// A request for something that may need review (a validation run, later a job), or the
+/// record of a charged query.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewRequest {
     /// e.g. `validation`.
     pub kind: String,

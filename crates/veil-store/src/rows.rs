@@ -275,7 +275,7 @@ pub fn signing_key(r: SigningKeyRow) -> SigningKeyRecord {
 #[macro_export]
 macro_rules! model_columns {
     () => {
-        "id, name, version, owner_id, owner_email, file_id, wrapped_key, sha256, size_bytes, summary, signed_by, created_at, fhe_file_id, fhe_wrapped_key, fhe_summary"
+        "id, name, version, owner_id, owner_email, file_id, wrapped_key, sha256, size_bytes, summary, signed_by, created_at, fhe_file_id, fhe_wrapped_key, fhe_summary, private"
     };
 }
 pub type ModelRow = (
@@ -294,6 +294,7 @@ pub type ModelRow = (
     Option<String>,
     Option<Vec<u8>>,
     Option<String>,
+    bool,
 );
 
 pub fn model(r: ModelRow) -> Result<ModelRecord, StoreError> {
@@ -311,6 +312,7 @@ pub fn model(r: ModelRow) -> Result<ModelRecord, StoreError> {
         summary: r.9,
         signed_by: r.10,
         created_at: r.11,
+        private: r.15,
         fhe: match (r.12, r.13, r.14) {
             (Some(file_id), Some(wrapped_key), Some(summary)) => Some(FheArtifact {
                 file_id,

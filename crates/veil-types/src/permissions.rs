@@ -92,6 +92,8 @@ permissions! {
     JobsSubmit => "jobs:submit",
     /// Change node settings.
     SettingsManage => "settings:manage",
+    /// Read the node's operational metrics (request counts, failures, latencies), which depend on what runs over private data.
+    MetricsRead => "metrics:read",
     /// Owner-only: node keys (master key rotation, signing keys of the node).
     NodeKeys => "node:keys",
 }
@@ -231,7 +233,7 @@ impl PresetRole {
             PresetRole::Administrator => "manage users, roles, budgets, datasets, settings",
             PresetRole::ComplianceOfficer => "review and approve/deny requests; read the audit log",
             PresetRole::DataScientist => {
-                "browse datasets and mock data, run DP queries, submit models for validation, submit jobs"
+                "browse datasets and mock data, run DP queries, upload their own models and submit them for validation, submit jobs"
             }
             PresetRole::ModelCreator => {
                 "upload and manage own models, publish them for encrypted inference"
@@ -257,6 +259,7 @@ impl PresetRole {
                 DatasetsManage,
                 ModelsRead,
                 SettingsManage,
+                MetricsRead,
             ],
             PresetRole::ComplianceOfficer => &[
                 AuditRead,
@@ -272,6 +275,9 @@ impl PresetRole {
                 DatasetsMock,
                 QueriesRun,
                 ModelsRead,
+                // Their own models, private to them and reviewers; publishing stays with
+                // model creators (`models:publish`).
+                ModelsManage,
                 ModelsValidate,
                 RequestsSubmit,
                 JobsSubmit,

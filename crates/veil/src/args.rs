@@ -129,12 +129,17 @@ pub struct ServeArgs {
     /// Largest model upload in bytes [default: 67108864].
     #[arg(long, env = "VEIL_MODEL_LIMIT")]
     pub model_limit: Option<usize>,
-    /// Wall-clock limit of one validation run, e.g. 60s or 5m [default: 60s].
-    #[arg(long, env = "VEIL_VALIDATION_TIME_LIMIT")]
-    pub validation_time_limit: Option<String>,
+    /// The longest a model may take on one row, in milliseconds, measured on synthetic rows
+    /// before a validation is charged; slower models are refused, nothing charged (after the
+    /// charge nothing cuts a run short) [default: 20].
+    #[arg(long, env = "VEIL_VALIDATION_ROW_TIME_LIMIT_MS")]
+    pub validation_row_time_limit_ms: Option<u64>,
     /// Wall-clock limit of one encrypted-inference request, e.g. 10m [default: 10m].
     #[arg(long, env = "VEIL_FHE_TIME_LIMIT")]
     pub fhe_time_limit: Option<String>,
+    /// Encrypted samples one user may run per day [default: 10000].
+    #[arg(long, env = "VEIL_FHE_SAMPLES_PER_DAY")]
+    pub fhe_samples_per_day: Option<u32>,
     /// How long an uploaded evaluation key stays usable, e.g. 7d [default: 7d].
     #[arg(long, env = "VEIL_FHE_KEY_TTL")]
     pub fhe_key_ttl: Option<String>,
@@ -399,6 +404,25 @@ pub enum ModelsCmd {
         /// the quantisation for `--fhe`.
         #[arg(long, requires = "fhe")]
         calibration: Option<PathBuf>,
+        /// Declared feature ranges for `--fhe`: a CSV with a header line and two rows, the
+        /// lowest and the highest value of each feature. Published as given, instead of the
+        /// calibration rows' range rounded outward.
+        #[arg(long, requires = "fhe")]
+        ranges: Option<PathBuf>,
+        /// How networks size their accumulators for `--fhe`: `input_box` (no legal input wraps)
+        /// or `calibration` (fewer bootstraps; inputs unlike the calibration rows may get a
+        /// wrong score) [default: input_box].
+        #[arg(long, requires = "fhe")]
+        accumulators: Option<String>,
+        /// What replies carry per score for `--fhe`: `scores` (one ciphertext each; data users
+        /// learn only the scores) or `partial_sums` (more accurate for some models; data users
+        /// see the parts) [default: scores].
+        #[arg(long, requires = "fhe")]
+        outputs: Option<String>,
+        /// Publish without asking: accept what the node's disclosure says the public client
+        /// spec reveals (it is printed either way). Without it, a terminal is asked.
+        #[arg(long, requires = "fhe")]
+        yes: bool,
     },
     /// List models (every version).
     List,
@@ -492,10 +516,6 @@ pub struct FheInferArgs {
     /// Samples per request (progress is shown per request).
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
-    /// Split inference: run only the first K layers under FHE, decrypt the hidden activations
-    /// here and let the node finish in plaintext. The node then sees those activations.
-    #[arg(long)]
-    pub split_at: Option<usize>,
 }
 
 #[derive(Debug, Args)]

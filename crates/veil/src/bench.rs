@@ -197,6 +197,7 @@ async fn api(a: BenchArgs, json: bool) -> Result<ExitCode> {
                     purpose: "bench".into(),
                     reference: "bench".into(),
                     details: serde_json::json!({}),
+                    opens: None,
                 },
             )
             .await?;

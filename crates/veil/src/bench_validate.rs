@@ -103,7 +103,6 @@ pub async fn run(rows: u64, runs: usize, json: bool) -> Result<()> {
     let mut config = ServerConfig::new(dir.path().join("node"));
     let pw = veil_crypto::random::one_time_password();
     config.admin_password = Some(pw.clone());
-    config.core.validation_time_limit = std::time::Duration::from_secs(3600);
     config.core.upload_limit_bytes = std::fs::metadata(&csv)?.len() * 2;
     let node = RunningNode::start(config).await?;
     let anon = Client::new(&node.url)?;

@@ -318,27 +318,33 @@ struct Prediction {
     truth: Option<String>,
 }
 
+/// Decrypts a reply to `samples` samples (bounded by the spec: see
+/// `ClientKey::decrypt_reply`); the decrypted values never leave this machine.
 fn decrypt_outputs(
     key: &ClientKey,
     spec: &ClientSpec,
+    samples: usize,
     outputs: &[String],
     first_row: usize,
 ) -> Result<Vec<Prediction>> {
-    outputs
+    let reply = outputs
         .iter()
-        .enumerate()
-        .map(|(i, o)| {
+        .map(|o| {
             let bytes = B64.decode(o).context("an output is not base64")?;
-            let ct = EncryptedOutputs::from_bytes(&bytes)?;
-            let ints = key.decrypt(&spec.output_bits, &ct)?;
-            Ok(Prediction {
-                row: first_row + i,
-                label: spec.label(&ints),
-                scores: spec.scores(&ints),
-                truth: None,
-            })
+            Ok(EncryptedOutputs::from_bytes(&bytes)?)
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    Ok(key
+        .decrypt_reply(spec, samples, &reply)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, ints)| Prediction {
+            row: first_row + i,
+            label: spec.label(&ints),
+            scores: spec.scores(&ints),
+            truth: None,
+        })
+        .collect())
 }
 
 fn print_predictions(preds: &[Prediction], json: bool) -> Result<()> {
@@ -397,16 +403,6 @@ async fn infer(c: &Client, dir: &KeyDir, a: FheInferArgs, json: bool) -> Result<
         bail!("--batch must be at least 1");
     }
     let (view, spec) = spec_of(Some(c), &a.model, a.version, None).await?;
-    let split = match (a.split_at, &spec.split) {
-        (None, _) => None,
-        (Some(k), Some(s)) if s.layers == k => Some(s.clone()),
-        (Some(k), Some(s)) => bail!(
-            "{} can be split after layer {} only, not {k}",
-            a.model,
-            s.layers
-        ),
-        (Some(_), None) => bail!("{} ({}) has no layers to split", a.model, spec.kind),
-    };
     let inputs = read_inputs(&a.input, spec.n_features(), a.label.as_deref())?;
     let key = dir.client_key()?;
     let info = dir.info()?;
@@ -437,46 +433,18 @@ async fn infer(c: &Client, dir: &KeyDir, a: FheInferArgs, json: bool) -> Result<
                     key_sha256: info.sha256.clone(),
                     version: Some(view.version),
                     samples,
-                    split_at: a.split_at,
                 },
             )
             .await?;
         server_ms += reply.server_ms;
         let first = chunk_no * a.batch + 1;
-        match &split {
-            None => preds.extend(decrypt_outputs(&key, &spec, &reply.outputs, first)?),
-            Some(s) => {
-                let activations = reply
-                    .outputs
-                    .iter()
-                    .map(|o| {
-                        let bytes = B64.decode(o).context("an output is not base64")?;
-                        Ok(key.decrypt(&s.output_bits, &EncryptedOutputs::from_bytes(&bytes)?)?)
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let done = c
-                    .fhe_finish(
-                        &a.model,
-                        &FheFinishBody {
-                            split_at: s.layers,
-                            version: Some(view.version),
-                            activations,
-                        },
-                    )
-                    .await?;
-                preds.extend(
-                    done.predictions
-                        .into_iter()
-                        .enumerate()
-                        .map(|(i, p)| Prediction {
-                            row: first + i,
-                            label: p.label,
-                            scores: p.scores,
-                            truth: None,
-                        }),
-                );
-            }
-        }
+        preds.extend(decrypt_outputs(
+            &key,
+            &spec,
+            chunk.len(),
+            &reply.outputs,
+            first,
+        )?);
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
@@ -607,7 +575,6 @@ pub async fn run(cmd: FheCmd, g: &Global, client: impl Fn() -> Result<Client>) -
                 key_sha256: info.sha256,
                 version: Some(view.version),
                 samples: encrypt_rows(&key, &cs, &inputs.rows)?,
-                split_at: None,
             };
             let text = serde_json::to_string(&body)?;
             match out {
@@ -629,7 +596,9 @@ pub async fn run(cmd: FheCmd, g: &Global, client: impl Fn() -> Result<Client>) -
                 .with_context(|| format!("cannot read {}", input.display()))?;
             let reply: FheInferResponse = serde_json::from_str(&text)
                 .context("not a node's reply to an encrypted-inference request")?;
-            let preds = decrypt_outputs(&dir.client_key()?, &cs, &reply.outputs, 1)?;
+            // A reply saved by `veil fhe encrypt`'s user: one output set per sample it holds.
+            let n = reply.outputs.len();
+            let preds = decrypt_outputs(&dir.client_key()?, &cs, n, &reply.outputs, 1)?;
             print_predictions(&preds, json)?;
             Ok(ExitCode::SUCCESS)
         }

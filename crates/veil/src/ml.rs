@@ -157,6 +157,10 @@ pub async fn models(c: &Client, json: bool, cmd: ModelsCmd) -> Result<ExitCode> 
             fhe,
             bits,
             calibration,
+            ranges,
+            accumulators,
+            outputs,
+            yes,
         } => {
             let bytes =
                 std::fs::read(&onnx).with_context(|| format!("cannot read {}", onnx.display()))?;
@@ -175,13 +179,48 @@ pub async fn models(c: &Client, json: bool, cmd: ModelsCmd) -> Result<ExitCode> 
             };
             let fhe = match (fhe, calibration) {
                 (true, Some(path)) => Some((
-                    FhePublishOptions { bits },
+                    FhePublishOptions {
+                        bits,
+                        confirm: None,
+                        ranges: ranges.as_deref().map(read_ranges).transpose()?,
+                        accumulators,
+                        outputs,
+                    },
                     std::fs::read(&path)
                         .with_context(|| format!("cannot read {}", path.display()))?,
                 )),
                 _ => None,
             };
-            let m = c.upload_model_with(&name, bytes, signature, fhe).await?;
+            let first = c
+                .upload_model_with(&name, bytes.clone(), signature.clone(), fhe.clone())
+                .await;
+            // Publishing asks the creator to confirm what the public spec reveals.
+            let m = match (first, fhe) {
+                (
+                    Err(veil_client::ClientError::Api {
+                        code,
+                        details: Some(details),
+                        ..
+                    }),
+                    Some((opts, calibration)),
+                ) if code == "fhe_disclosure_unconfirmed" => {
+                    let digest = details["digest"]
+                        .as_str()
+                        .context("the node's disclosure has no digest")?
+                        .to_string();
+                    print_disclosure(&details["disclosure"]);
+                    if !yes && !confirmed()? {
+                        bail!("not published: nothing was stored");
+                    }
+                    let opts = FhePublishOptions {
+                        confirm: Some(digest),
+                        ..opts
+                    };
+                    c.upload_model_with(&name, bytes, signature, Some((opts, calibration)))
+                        .await?
+                }
+                (first, _) => first?,
+            };
             if json {
                 print_json(&m)?;
             } else {
@@ -409,4 +448,91 @@ pub async fn requests(c: &Client, json: bool, cmd: RequestsCmd) -> Result<ExitCo
         RequestsCmd::Approve { id } => one(c.approve_request(id).await?),
         RequestsCmd::Deny { id, reason } => one(c.deny_request(id, &reason).await?),
     }
+}
+
+/// Prints what publishing a model for encrypted inference reveals (the node's disclosure), on
+/// stderr so that `--json` output stays clean.
+fn print_disclosure(d: &serde_json::Value) {
+    let line = |s: String| eprintln!("  {s}");
+    eprintln!(
+        "Publishing gives every user with fhe:infer this model's client spec, which reveals:"
+    );
+    line(format!(
+        "architecture: {}",
+        d["architecture"].as_str().unwrap_or("?")
+    ));
+    if let Some(features) = d["features"].as_array() {
+        for (i, f) in features.iter().enumerate() {
+            match f["type"].as_str() {
+                Some("range") => line(format!(
+                    "feature {}: range [{}, {}] in {} levels",
+                    i + 1,
+                    f["lo"],
+                    f["hi"],
+                    f["levels"]
+                )),
+                _ => line(format!(
+                    "feature {}: {} exact tree thresholds {}",
+                    i + 1,
+                    f["values"].as_array().map_or(0, Vec::len),
+                    f["values"]
+                )),
+            }
+        }
+    }
+    line(format!("classes: {}", d["classes"]));
+    line(format!(
+        "calibration: {} rows; agreement with the float model {}",
+        d["calibration_rows"], d["fidelity"]
+    ));
+    line(format!(
+        "{} outputs per score, {} bootstraps per sample",
+        d["outputs_per_score"], d["pbs_per_sample"]
+    ));
+    if let Some(learn) = d["data_users_learn"].as_array() {
+        for l in learn {
+            line(format!("data users learn {}", l.as_str().unwrap_or("?")));
+        }
+    }
+}
+
+/// Asks on the terminal whether to publish; `false` without a terminal.
+fn confirmed() -> Result<bool> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        eprintln!("no terminal to confirm on: add --yes to publish");
+        return Ok(false);
+    }
+    eprint!("Publish? [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+/// Reads declared feature ranges: a header line, then a row of lows and a row of highs.
+fn read_ranges(path: &Path) -> Result<Vec<[f64; 2]>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let rows: Vec<Vec<f64>> = text
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            l.split(',')
+                .map(|c| c.trim().parse::<f64>())
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{}: every cell must be a number", path.display()))?;
+    let [lows, highs] = rows.as_slice() else {
+        bail!(
+            "{}: give a header line, a row of lows and a row of highs",
+            path.display()
+        );
+    };
+    if lows.len() != highs.len() {
+        bail!("{}: the two rows have different lengths", path.display());
+    }
+    Ok(lows.iter().zip(highs).map(|(lo, hi)| [*lo, *hi]).collect())
 }

@@ -31,8 +31,9 @@ struct FileConfig {
     log_level: Option<String>,
     require_signed_models: Option<bool>,
     model_limit: Option<usize>,
-    validation_time_limit: Option<String>,
+    validation_row_time_limit_ms: Option<u64>,
     fhe_time_limit: Option<String>,
+    fhe_samples_per_day: Option<u32>,
     fhe_key_ttl: Option<String>,
 }
 
@@ -112,9 +113,20 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
         }
         server.core.model_limit_bytes = limit;
     }
-    if let Some(t) = args.validation_time_limit.or(file.validation_time_limit) {
-        server.core.validation_time_limit = parse_lifetime(&t)?
-            .context("validation runs need a time limit, e.g. --validation-time-limit 60s")?;
+    if let Some(ms) = args
+        .validation_row_time_limit_ms
+        .or(file.validation_row_time_limit_ms)
+    {
+        if ms == 0 {
+            bail!("--validation-row-time-limit-ms must be at least 1");
+        }
+        server.core.validation_row_time_limit = std::time::Duration::from_millis(ms);
+    }
+    if let Some(n) = args.fhe_samples_per_day.or(file.fhe_samples_per_day) {
+        if n == 0 {
+            bail!("--fhe-samples-per-day must be at least 1");
+        }
+        server.core.fhe_rate_limit.max_failures = n;
     }
     if let Some(t) = args.fhe_time_limit.or(file.fhe_time_limit) {
         server.core.fhe_time_limit = parse_lifetime(&t)?

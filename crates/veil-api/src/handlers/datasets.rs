@@ -280,12 +280,15 @@ pub(crate) async fn mock(
         (status = 401, description = "`unauthenticated`", body = ErrorBody),
         (status = 403, description = "`forbidden` (needs `queries:run`) or `budget_exhausted` (nothing was computed)", body = ErrorBody),
         (status = 404, description = "`dataset_not_found`", body = ErrorBody),
+        (status = 400, description = "`invalid_parameters`: ε, δ or the confidence level out of range (nothing was charged)", body = ErrorBody),
         (status = 422, description = "`query_refused`: outside the DP subset, with the reason", body = ErrorBody),
-        (status = 500, description = "`query_failed`: the cost was charged", body = ErrorBody),
+        (status = 500, description = "`query_failed`: the cost was charged; the one fixed failure after a charge, whatever happened", body = ErrorBody),
+        (status = 503, description = "`dataset_unavailable`: the dataset's data is not on this node (nothing was charged)", body = ErrorBody),
     ))]
 pub(crate) async fn query(
     State(s): State<AppState>,
     Caller(p): Caller,
+    request_id: Option<axum::Extension<tower_http::request_id::RequestId>>,
     ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<QueryRequest>,
 ) -> ApiResult<Json<QueryResponse>> {
@@ -305,8 +308,19 @@ pub(crate) async fn query(
         confidence: req.confidence.unwrap_or(0.95),
         mechanism,
     };
-    let QueryOutcome { released, receipt } = s.core.query(&p, &name, &req.sql, options).await?;
+    // The request id (the client's `x-request-id`, or one the node made) is kept with the
+    // query's record, so a client that lost the answer finds it among its requests.
+    let client_ref = request_id.and_then(|r| r.0.header_value().to_str().ok().map(str::to_string));
+    let QueryOutcome {
+        released,
+        receipt,
+        request_id,
+    } = s
+        .core
+        .query(&p, &name, &req.sql, options, client_ref)
+        .await?;
     Ok(Json(QueryResponse {
+        request_id,
         columns: released
             .columns()
             .iter()

@@ -182,7 +182,7 @@ pub(crate) async fn infer(
         .collect::<Result<Vec<_>, _>>()?;
     let core = s.core.clone();
     // The run continues (and is audited) even if the client disconnects.
-    let run = super::models::detached(async move {
+    let run = detached(async move {
         core.fhe_infer(
             &p,
             veil_core::FheInferRequest {
@@ -190,7 +190,6 @@ pub(crate) async fn infer(
                 version: b.version,
                 key_id: b.key_id,
                 key_sha256: b.key_sha256,
-                split_at: b.split_at,
                 samples,
             },
         )
@@ -206,33 +205,13 @@ pub(crate) async fn infer(
     }))
 }
 
-#[utoipa::path(post, path = "/api/v1/fhe/models/{name}/finish", tag = "fhe",
-    security(("bearer" = [])),
-    params(("name" = String, Path, description = "Model name")),
-    request_body = FheFinishBody,
-    responses(
-        (status = 200, description = "Predictions from the remaining layers, computed in plaintext", body = FheFinishResponse),
-        (status = 401, description = "`unauthenticated`", body = ErrorBody),
-        (status = 403, description = "`forbidden`: needs `fhe:infer`", body = ErrorBody),
-        (status = 404, description = "`model_not_found`", body = ErrorBody),
-        (status = 422, description = "`invalid_fhe_request`: no such split, or the wrong number of activations", body = ErrorBody),
-    ))]
-pub(crate) async fn finish(
-    State(s): State<AppState>,
-    Caller(p): Caller,
-    ApiPath(name): ApiPath<String>,
-    ApiJson(b): ApiJson<FheFinishBody>,
-) -> ApiResult<Json<FheFinishResponse>> {
-    let (model, version, out) = s
-        .core
-        .fhe_finish(&p, &name, b.version, b.split_at, b.activations)
-        .await?;
-    Ok(Json(FheFinishResponse {
-        model,
-        version,
-        predictions: out
-            .into_iter()
-            .map(|(label, scores)| FhePrediction { label, scores })
-            .collect(),
-    }))
+/// Runs a request to completion on its own task, so that a client that disconnects (dropping
+/// the handler's future) cannot leave an encrypted run half done and unaudited.
+async fn detached<T: Send + 'static>(
+    f: impl std::future::Future<Output = veil_core::Result<T>> + Send + 'static,
+) -> ApiResult<T> {
+    match tokio::spawn(f).await {
+        Ok(r) => Ok(r?),
+        Err(e) => Err(veil_core::CoreError::Internal(format!("request task: {e}")).into()),
+    }
 }

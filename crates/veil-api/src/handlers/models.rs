@@ -68,6 +68,7 @@ pub(crate) fn model_view(m: ModelInfo) -> ModelView {
         size_bytes: r.size_bytes,
         created_at: views::time(r.created_at),
         signed_by: signer,
+        private: r.private,
         kind: kind.into(),
         n_features: s.n_features,
         input: io(&s.input),
@@ -262,9 +263,16 @@ pub(crate) async fn upload(
         (Some(opts), Some(calibration_csv)) => {
             let opts: FhePublishOptions = serde_json::from_slice(&opts)
                 .map_err(|e| ApiError::invalid(format!("invalid `fhe` options: {e}")))?;
+
             Some(veil_core::FhePublish {
                 bits: opts.bits,
                 calibration_csv,
+                confirm: opts.confirm,
+                ranges: opts
+                    .ranges
+                    .map(|r| r.into_iter().map(|[lo, hi]| (lo, hi)).collect()),
+                accumulators: opts.accumulators,
+                outputs: opts.outputs,
             })
         }
         (Some(_), None) => {
@@ -328,8 +336,9 @@ pub(crate) async fn validate(
         epsilon: b.epsilon,
         confidence: b.confidence,
     };
-    let core = s.core.clone();
-    let r = detached(async move { core.validate(&p, &req).await }).await?;
+    // The core runs the charged part on its own task, so a client that disconnects cannot
+    // cut it short.
+    let r = s.core.validate(&p, &req).await?;
     Ok(Json(request_view(r)))
 }
 
@@ -397,21 +406,7 @@ pub(crate) async fn approve(
     Caller(p): Caller,
     ApiPath(id): ApiPath<i64>,
 ) -> ApiResult<Json<RequestView>> {
-    let core = s.core.clone();
-    Ok(Json(request_view(
-        detached(async move { core.approve_request(&p, id).await }).await?,
-    )))
-}
-
-/// Runs a request to completion on its own task: a run charges the budget before it starts,
-/// so a client that disconnects (dropping the handler's future) must not leave it half done.
-pub(crate) async fn detached<T: Send + 'static>(
-    f: impl std::future::Future<Output = veil_core::Result<T>> + Send + 'static,
-) -> ApiResult<T> {
-    match tokio::spawn(f).await {
-        Ok(r) => Ok(r?),
-        Err(e) => Err(veil_core::CoreError::Internal(format!("request task: {e}")).into()),
-    }
+    Ok(Json(request_view(s.core.approve_request(&p, id).await?)))
 }
 
 #[utoipa::path(post, path = "/api/v1/requests/{id}/deny", tag = "requests",

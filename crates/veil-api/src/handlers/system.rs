@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::response::IntoResponse;
-use veil_api_types::{ErrorCode, Health};
+use veil_api_types::{ErrorBody, ErrorCode, Health};
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -26,7 +26,12 @@ pub(crate) async fn healthz(State(state): State<AppState>) -> Result<Json<Health
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "system",
-    responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain", body = String)))]
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Prometheus text exposition format", content_type = "text/plain", body = String),
+        (status = 401, description = "`unauthenticated`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: needs `metrics:read` (request counts, failures and latencies depend on private data)", body = ErrorBody),
+    ))]
 pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(

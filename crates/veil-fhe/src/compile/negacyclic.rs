@@ -33,21 +33,14 @@
 //! edges are left out and the fit absorbs what they carried. A layer-2 neuron's activation
 //! passes `α` times its pre-activation on, so first-layer units also reach later layers and
 //! the scores directly. Cost: one bootstrap per (unit, consumer) pair whose table is not zero.
-//!
-//! Split inference returns, per first-layer neuron, `c·a + A'(a) + b'` at the neuron's own scale: a
-//! function of the quantised accumulator alone (for ReLU, a fitted ReLU of it), so the node sees
-//! quantised activations, not the pre-activations. A neuron that is affine over the calibration
-//! range, or whose integer weights all round to zero, returns the main circuit's affine activation
-//! of the inputs instead: for an always-on ReLU that is what the float network shows too; for a
-//! weight-less one it is a linear image of the input the node then sees.
 
 use super::{
-    CompileOptions, CompiledModel, LABEL_TOLERANCE, Quantiser, Split, inputs, one_hidden_layer,
-    plan_outputs, quantised_first_layer, widest_output,
+    CompileOptions, CompiledModel, Quantiser, inputs, plan_outputs, quantised_first_layer,
+    widest_output,
 };
 use crate::FheError;
 use crate::circuit::{Circuit, LUT_BITS, LUT_SIZE, MAX_BITS, Op, ValueId, lut_apply};
-use crate::model::{Activation, Dense, Head, Network};
+use crate::model::{Activation, Dense, Network};
 use crate::noise::Params;
 
 /// The accumulator holds `[−HALF, HALF)`.
@@ -152,15 +145,12 @@ enum Neuron {
     Affine { alpha: f64, beta: f64 },
     /// Its accumulator (pre-activation times `k`): integer weights on the inputs, a bias, and
     /// per earlier unit feeding it one bootstrap (`edges`: the unit and the table on its
-    /// accumulator); the fit of the activation against the pre-activation (main circuit) and
-    /// against `a / k` (split).
+    /// accumulator); the fit of the activation against the pre-activation.
     Odd {
         weights: Vec<i64>,
         bias: i64,
         edges: Vec<(usize, Vec<i64>)>,
-        k: f64,
         main: Box<OddFit>,
-        split: Box<OddFit>,
     },
 }
 
@@ -260,14 +250,26 @@ fn edge_budget(params: &Params) -> usize {
 }
 
 /// Chooses how a neuron with pre-activation `e` is computed, from its values on the
-/// calibration rows (quantised inputs `qrows`, earlier units `units`); returns the neuron and,
-/// for an odd one, its accumulator on every row. An accumulator takes at most `budget` edges:
-/// beyond that the weakest are left out (the fit absorbs what they carried). With `refine`,
-/// weights from [`refine_weights`] are tried beside the rounded ones.
+/// calibration rows (quantised inputs `qrows`, each at most `xmax`, earlier units `units`);
+/// returns the neuron and, for an odd one, its accumulator on every row. An accumulator takes
+/// at most `budget` edges: beyond that the weakest are left out (the fit absorbs what they
+/// carried). With `refine`, weights from [`refine_weights`] are tried beside the rounded ones.
+///
+/// A bootstrap reads the accumulator modulo 32, so a value outside `[−16, 16)` wraps and gives
+/// a wrong score. With `Accumulators::InputBox`, an accumulator fed by inputs only (the first
+/// layer's) is scaled to its range over the whole legal input box, every input at any level,
+/// so that no legal input wraps; the activation is fitted on the calibration rows' part of
+/// that range. An accumulator fed by
+/// earlier bootstraps is scaled to the calibration rows (widened 2%): an interval bound over
+/// the box, every edge at its extremes at once, is so loose it would leave no precision, so
+/// a legal input unlike every calibration row may wrap it (counted in `RangeCheck`).
+#[allow(clippy::too_many_arguments)]
 fn plan_neuron(
     e: &Expr,
     act: Activation,
     qrows: &[Vec<f64>],
+    xmax: f64,
+    accumulators: super::Accumulators,
     units: &[Planned],
     budget: usize,
     refine: bool,
@@ -295,8 +297,26 @@ fn plan_neuron(
     if worst <= 1e-9 * span {
         return Ok((Neuron::Affine { alpha, beta }, vec![]));
     }
-    let m = (lo - pad).abs().max((hi + pad).abs()).max(1e-12);
+    // The pre-activation's bound over the input box: inputs anywhere in [0, xmax], every
+    // earlier unit's antiperiodic term anywhere in its table's range.
+    let odd_bound: f64 =
+        e.g.iter()
+            .zip(units)
+            .map(|(g, u)| g.abs() * u.fit.table.iter().fold(0.0f64, |m, t| m.max(t.abs())))
+            .sum();
+    let box_lo = e.c + e.x.iter().map(|w| (w * xmax).min(0.0)).sum::<f64>() - odd_bound;
+    let box_hi = e.c + e.x.iter().map(|w| (w * xmax).max(0.0)).sum::<f64>() + odd_bound;
+    let box_sized = accumulators == super::Accumulators::InputBox && e.g.iter().all(|g| *g == 0.0);
+    let m = if box_sized {
+        box_lo.abs().max(box_hi.abs())
+    } else {
+        0.0
+    }
+    .max((lo - pad).abs())
+    .max((hi + pad).abs())
+    .max(1e-12);
     let mut k = (HALF as f64 - 0.5) / m;
+    let xmax_int = xmax as i64;
     // (squared error on the calibration rows, neuron, accumulators) of the best scale so far.
     let mut best: Option<(f64, Neuron, Vec<i64>)> = None;
     let mut fitting = 0;
@@ -357,7 +377,26 @@ fn plan_neuron(
                     lin + bias + f
                 })
                 .collect();
-            if !acc.iter().all(|a| (-HALF..HALF).contains(a)) {
+            // The integer accumulator over the box: weights at either end of every input's
+            // levels, every edge at its table's extremes.
+            let edges_lo: i64 = edges
+                .iter()
+                .map(|(_, t)| t.iter().map(|v| -v.abs()).min().unwrap_or(0))
+                .sum();
+            let edges_hi: i64 = edges
+                .iter()
+                .map(|(_, t)| t.iter().map(|v| v.abs()).max().unwrap_or(0))
+                .sum();
+            let acc_lo =
+                bias + weights.iter().map(|w| (w * xmax_int).min(0)).sum::<i64>() + edges_lo;
+            let acc_hi =
+                bias + weights.iter().map(|w| (w * xmax_int).max(0)).sum::<i64>() + edges_hi;
+            let in_range = if box_sized {
+                acc_lo >= -HALF && acc_hi < HALF
+            } else {
+                acc.iter().all(|a| (-HALF..HALF).contains(a))
+            };
+            if !in_range {
                 continue;
             }
             fits = true;
@@ -368,7 +407,6 @@ fn plan_neuron(
                 (x, v, act.apply(x))
             });
             let main_rows: Vec<(f64, i64, f64)> = grid
-                .clone()
                 .chain(pre.iter().zip(&acc).map(|(p, a)| (*p, *a, act.apply(*p))))
                 .collect();
             let main = fit_odd(&main_rows, None);
@@ -378,20 +416,11 @@ fn plan_neuron(
                 .map(|(p, a)| (main.value(*p, *a) - act.apply(*p)).powi(2))
                 .sum();
             if best.as_ref().is_none_or(|(b, _, _)| error < *b) {
-                let split_rows: Vec<(f64, i64, f64)> = grid
-                    .chain(
-                        pre.iter()
-                            .zip(&acc)
-                            .map(|(p, a)| (*a as f64 / k, *a, act.apply(*p))),
-                    )
-                    .collect();
                 let neuron = Neuron::Odd {
                     weights,
                     bias,
                     edges: edges.clone(),
-                    k,
                     main: Box::new(main),
-                    split: Box::new(fit_odd(&split_rows, None)),
                 };
                 best = Some((error, neuron, acc));
             }
@@ -400,9 +429,7 @@ fn plan_neuron(
         k *= 0.98;
     }
     best.map(|(_, neuron, acc)| (neuron, acc)).ok_or_else(|| {
-        FheError::Unsupported(
-            "a hidden neuron's calibration range does not fit a 5-bit accumulator".into(),
-        )
+        FheError::Unsupported("a hidden neuron's range does not fit a 5-bit accumulator".into())
     })
 }
 
@@ -484,6 +511,8 @@ fn plan_layers(
     net: &Network,
     first: &Dense,
     qrows: &[Vec<f64>],
+    xmax: f64,
+    accumulators: super::Accumulators,
     budget: usize,
     refine: bool,
 ) -> Result<Plan, FheError> {
@@ -508,7 +537,8 @@ fn plan_layers(
         let mut neurons = vec![];
         let mut acts = vec![];
         for (j, e) in pres.iter().enumerate() {
-            let (neuron, acc) = plan_neuron(e, act, qrows, &planned, budget, refine)?;
+            let (neuron, acc) =
+                plan_neuron(e, act, qrows, xmax, accumulators, &planned, budget, refine)?;
             let mut h = Expr::default();
             match &neuron {
                 Neuron::Affine { alpha, beta } => {
@@ -578,8 +608,17 @@ pub(super) fn negacyclic_network(
         )))];
     }
     let levels = 1u32 << bits;
-    let (qs, l1, qrows) = quantised_first_layer(net, calibration, levels);
-    let plan = match plan_layers(net, &l1, &qrows, edge_budget(&opts.params), refine) {
+    let (qs, l1, qrows) = quantised_first_layer(net, calibration, levels, opts.ranges.as_deref());
+    let xmax = f64::from(levels - 1);
+    let plan = match plan_layers(
+        net,
+        &l1,
+        &qrows,
+        xmax,
+        opts.accumulators,
+        edge_budget(&opts.params),
+        refine,
+    ) {
         Ok(p) => p,
         Err(e) => return vec![Err(e)],
     };
@@ -587,10 +626,10 @@ pub(super) fn negacyclic_network(
         plan: &plan,
         qs: &qs,
         first: &l1,
-        xmax: f64::from(levels - 1),
+        xmax,
     };
     caps.iter()
-        .map(|&cap| ready.circuit(net, calibration, opts, cap))
+        .map(|&cap| ready.circuit(net, opts, cap))
         .collect()
 }
 
@@ -608,7 +647,6 @@ impl Ready<'_> {
     fn circuit(
         &self,
         net: &Network,
-        calibration: &[Vec<f64>],
         opts: &CompileOptions,
         cap: usize,
     ) -> Result<CompiledModel, FheError> {
@@ -635,6 +673,9 @@ impl Ready<'_> {
                     .collect()
             })
             .collect();
+        if n_units > 0 && opts.outputs == super::Outputs::Scores {
+            return self.score_circuit(net, opts, &worst);
+        }
         let (so, po, group_of) = if n_units == 0 {
             (1.0, vec![], vec![])
         } else {
@@ -705,25 +746,6 @@ impl Ready<'_> {
                 first_err.get_or_insert(e);
                 continue;
             }
-            let p_in = circuit
-                .input_encodings()
-                .first()
-                .copied()
-                .unwrap_or(LUT_BITS);
-            let ours = split_circuit(&plan.layers[0], &l1.w, &l1.b, xmax, p_in, &opts.params)
-                .map(|(c, scales)| Split {
-                    layers: 1,
-                    circuit: c,
-                    activation_scale: 1.0,
-                    activation_scales: scales,
-                    rest: Network {
-                        layers: net.layers[1..].to_vec(),
-                        activations: net.activations[1..].to_vec(),
-                        head: net.head.clone(),
-                    },
-                })
-                .ok();
-            let split = choose_split(net, calibration, opts, cap, qs, p_in, ours);
             let widths: Vec<String> = plan.layers.iter().map(|l| l.len().to_string()).collect();
             let mut acts: Vec<String> = net.activations.iter().map(|a| format!("{a:?}")).collect();
             acts.dedup();
@@ -742,7 +764,8 @@ impl Ready<'_> {
                 .to_lowercase(),
                 params: opts.params,
                 log2_p_fail: 0.0,
-                split,
+                log2_p_fail_sample: None,
+                range_check: None,
                 output_shifts,
             });
         }
@@ -752,6 +775,191 @@ impl Ready<'_> {
             )
         }))
     }
+}
+
+impl Ready<'_> {
+    /// The circuit that returns each score as one ciphertext: the bootstrap outputs and the
+    /// affine part summed together, at the widest encoding the bootstraps' noise allows (so the
+    /// affine part loses the finer scale it has as a separate output). `worst[o][u]`: unit
+    /// `u`'s largest contribution to score `o`, at unit scale.
+    fn score_circuit(
+        &self,
+        net: &Network,
+        opts: &CompileOptions,
+        worst: &[Vec<f64>],
+    ) -> Result<CompiledModel, FheError> {
+        let Ready {
+            plan,
+            qs,
+            first: l1,
+            xmax,
+        } = *self;
+        let (k_out, n_in, n_units) = (plan.scores.len(), l1.n_in(), plan.units.len());
+        let weight = |o: usize, u: usize| plan.scores[o].g.get(u).copied().unwrap_or(0.0);
+        let p = widest_output(n_units, &opts.params).ok_or_else(|| {
+            FheError::Unsupported(
+                "too many bootstrap outputs in one score for the output's noise budget".into(),
+            )
+        })?;
+        let limit = (1i64 << (p - 1)) - 1;
+        let xmax_int = xmax as i64;
+        // The score's bound at unit scale over the whole input box, then the largest scale at
+        // which the rounded integers still fit (shrunk until they do).
+        let bound = (0..k_out)
+            .map(|o| {
+                let e = &plan.scores[o];
+                worst[o].iter().sum::<f64>()
+                    + e.x.iter().map(|v| v.abs()).sum::<f64>() * xmax
+                    + e.c.abs()
+            })
+            .fold(0.0f64, f64::max)
+            .max(1e-12);
+        let mut so = limit as f64 / bound;
+        for _ in 0..100 {
+            let tables: Vec<Vec<Vec<i64>>> = (0..n_units)
+                .map(|u| {
+                    (0..k_out)
+                        .map(|o| {
+                            let w = weight(o, u);
+                            plan.fits[u]
+                                .table
+                                .iter()
+                                .map(|t| (t * w * so).round() as i64)
+                                .collect()
+                        })
+                        .collect()
+                })
+                .collect();
+            let lin: Vec<(Vec<i64>, i64)> = plan
+                .scores
+                .iter()
+                .map(|e| {
+                    let mut x = e.x.clone();
+                    x.resize(n_in, 0.0);
+                    (
+                        x.iter().map(|v| (v * so).round() as i64).collect(),
+                        (e.c * so).round() as i64,
+                    )
+                })
+                .collect();
+            let fits = (0..k_out).all(|o| {
+                let luts: i64 = tables
+                    .iter()
+                    .map(|t| t[o].iter().map(|v| v.abs()).max().unwrap_or(0))
+                    .sum();
+                let (c, b) = &lin[o];
+                luts + c.iter().map(|v| v.abs() * xmax_int).sum::<i64>() + b.abs() <= limit
+            });
+            if !fits {
+                so *= 0.98;
+                continue;
+            }
+            let circuit = build_scores(plan, &tables, &lin, p, n_in)?;
+            circuit.check_noise(&opts.params)?;
+            let widths: Vec<String> = plan.layers.iter().map(|l| l.len().to_string()).collect();
+            let mut acts: Vec<String> = net.activations.iter().map(|a| format!("{a:?}")).collect();
+            acts.dedup();
+            return Ok(CompiledModel {
+                outputs_per_score: 1,
+                circuit,
+                quantisers: qs.to_vec(),
+                output_scale: so,
+                head: net.head.clone(),
+                kind: format!(
+                    "network {}×{} {}",
+                    plan.layers.len(),
+                    widths.join("-"),
+                    acts.join("/")
+                )
+                .to_lowercase(),
+                params: opts.params,
+                log2_p_fail: 0.0,
+                log2_p_fail_sample: None,
+                range_check: None,
+                output_shifts: vec![],
+            });
+        }
+        Err(FheError::Unsupported(
+            "the network's scores do not fit one output".into(),
+        ))
+    }
+}
+
+/// [`build`] with one output per score: its bootstraps' outputs and its affine part in one sum
+/// at encoding `p`.
+fn build_scores(
+    plan: &Plan,
+    tables: &[Vec<Vec<i64>>],
+    lin: &[(Vec<i64>, i64)],
+    p: u32,
+    n_in: usize,
+) -> Result<Circuit, FheError> {
+    let p_in = p.max(LUT_BITS);
+    let mut ops = vec![];
+    let ins = inputs(&mut ops, n_in, p_in);
+    let k_out = lin.len();
+    let mut sums: Vec<Vec<ValueId>> = vec![vec![]; k_out];
+    let mut acc_of: Vec<ValueId> = Vec::with_capacity(plan.units.len());
+    for u in 0..plan.units.len() {
+        let Neuron::Odd {
+            weights,
+            bias,
+            edges,
+            ..
+        } = plan.unit(u)
+        else {
+            return Err(FheError::Circuit(
+                "a unit is not a bootstrapped neuron".into(),
+            ));
+        };
+        let mut fed = vec![];
+        for (from, table) in edges {
+            ops.push(Op::Lut {
+                input: acc_of[*from],
+                table: table.clone(),
+                p: LUT_BITS,
+            });
+            fed.push((ops.len() - 1, 1));
+        }
+        let mut terms = dot_terms(&ins, weights.iter().copied());
+        terms.extend(fed);
+        ops.push(Op::Linear {
+            terms,
+            bias: *bias,
+            p: LUT_BITS,
+        });
+        acc_of.push(ops.len() - 1);
+        for (o, table) in tables[u].iter().enumerate() {
+            if table.iter().all(|t| *t == 0) {
+                continue;
+            }
+            ops.push(Op::Lut {
+                input: acc_of[u],
+                table: table.clone(),
+                p,
+            });
+            sums[o].push(ops.len() - 1);
+        }
+    }
+    let mut outputs = vec![];
+    for (o, ids) in sums.into_iter().enumerate() {
+        let (coef, bias) = &lin[o];
+        let mut terms: Vec<(ValueId, i64)> = ids.into_iter().map(|id| (id, 1)).collect();
+        terms.extend(dot_terms(&ins, coef.iter().copied()));
+        ops.push(Op::Linear {
+            terms,
+            bias: *bias,
+            p,
+        });
+        outputs.push(ops.len() - 1);
+    }
+    let circuit = Circuit {
+        ops,
+        outputs,
+        n_inputs: n_in,
+    };
+    circuit.validate()?;
+    Ok(circuit)
 }
 
 /// `Σ cᵢ·inputᵢ + bias` at encoding `p`, zero coefficients left out.
@@ -770,77 +978,6 @@ fn dot_terms(ins: &[ValueId], coef: impl IntoIterator<Item = i64>) -> Vec<(Value
         .zip(coef)
         .filter(|(_, c)| *c != 0)
         .collect()
-}
-
-/// Split inference reveals activations to the node, so they must be functions of the quantised
-/// accumulator alone; at 5 bits that can cost accuracy the main circuit (whose affine part is
-/// exact) does not lose. Of this design's split and the cleared design's (an 8-bit
-/// accumulator, three bootstraps per neuron, same quantised inputs) take the cheaper one unless
-/// it agrees with the float model on fewer calibration rows by more than [`LABEL_TOLERANCE`].
-fn choose_split(
-    net: &Network,
-    calibration: &[Vec<f64>],
-    opts: &CompileOptions,
-    cap: usize,
-    qs: &[Quantiser],
-    p_in: u32,
-    ours: Option<Split>,
-) -> Option<Split> {
-    // The cleared design has one hidden layer only.
-    let cleared = (net.layers.len() == 2)
-        .then(|| one_hidden_layer(net, calibration, opts, cap).ok())
-        .flatten()
-        .and_then(|c| c.split)
-        .map(|mut s| {
-            // The cleared split reads the same quantised inputs, encrypted wider here.
-            for op in &mut s.circuit.ops {
-                if let Op::Input { p, .. } = op {
-                    *p = p_in;
-                }
-            }
-            s
-        })
-        .filter(|s| s.circuit.validate().is_ok() && s.circuit.check_noise(&opts.params).is_ok());
-    let score = |s: &Split| split_fidelity(net, calibration, qs, s);
-    match (ours, cleared) {
-        (Some(o), Some(c)) => {
-            let (cheap, dear) = if o.circuit.pbs_count() <= c.circuit.pbs_count() {
-                (o, c)
-            } else {
-                (c, o)
-            };
-            Some(if score(&cheap) >= score(&dear) - LABEL_TOLERANCE {
-                cheap
-            } else {
-                dear
-            })
-        }
-        (o, c) => o.or(c),
-    }
-}
-
-/// Share of calibration rows whose split-inference label equals the float model's (for
-/// regressors, minus the mean absolute score error).
-fn split_fidelity(net: &Network, calibration: &[Vec<f64>], qs: &[Quantiser], s: &Split) -> f64 {
-    let (mut agree, mut abs) = (0usize, 0.0);
-    for r in calibration {
-        let q: Vec<i64> = qs.iter().zip(r).map(|(q, v)| q.apply(*v)).collect();
-        let Ok(scores) = s.finish(&s.circuit.simulate(&q)) else {
-            return f64::NEG_INFINITY;
-        };
-        let float = net.scores(r);
-        abs += float
-            .iter()
-            .zip(&scores)
-            .map(|(a, b)| (a - b).abs())
-            .sum::<f64>();
-        agree += usize::from(net.head.label(&float) == net.head.label(&scores));
-    }
-    let n = calibration.len().max(1) as f64;
-    match net.head {
-        Head::Regression => -abs / n,
-        _ => agree as f64 / n,
-    }
 }
 
 /// The main circuit: inputs at the widest affine encoding; per unit, the bootstraps of the
@@ -931,159 +1068,10 @@ fn build(
     Ok((circuit, shifts))
 }
 
-/// The split circuit: per neuron one output, `c·a + A'(a) + b'` for an odd neuron (one
-/// bootstrap) or the affine activation of the inputs, each at its own scale. Its inputs are
-/// the main circuit's (levels up to `xmax`, encrypted at `p_in`).
-fn split_circuit(
-    neurons: &[Neuron],
-    w: &[Vec<f64>],
-    b: &[f64],
-    xmax: f64,
-    p_in: u32,
-    params: &Params,
-) -> Result<(Circuit, Vec<f64>), FheError> {
-    let n_in = w.first().map_or(0, Vec::len);
-    let pa = widest_output(1, params).ok_or_else(|| {
-        FheError::Unsupported("a bootstrap output does not decrypt within the bound".into())
-    })?;
-    let room = ((1u64 << (pa - 1)) - 1) as f64;
-    let mut ops = vec![];
-    let ins = inputs(&mut ops, n_in, p_in);
-    let mut outputs = vec![];
-    let mut scales = vec![];
-    for (j, neuron) in neurons.iter().enumerate() {
-        // Affine over the calibration range, or an accumulator whose weights all rounded to
-        // zero: the main circuit's affine activation of the inputs (a constant accumulator
-        // alone would lose the neuron).
-        let affine = match neuron {
-            Neuron::Affine { alpha, beta } => Some((*alpha, *beta)),
-            Neuron::Odd { main, .. } => neuron
-                .constant()
-                .map(|a| (main.alpha, main.beta + main.odd(a))),
-        };
-        match (neuron, affine) {
-            (_, Some((alpha, beta))) => {
-                // Worst case over every quantised input (levels 0 to xmax).
-                let bound = w[j].iter().map(|v| (alpha * v).abs() * xmax).sum::<f64>()
-                    + (alpha * b[j] + beta).abs();
-                let sa = if bound > 0.0 {
-                    (room - 0.5 * (n_in as f64 + 1.0)) / bound
-                } else {
-                    1.0
-                };
-                if sa <= 0.0 {
-                    return Err(FheError::Unsupported(
-                        "an affine activation is too wide".into(),
-                    ));
-                }
-                ops.push(dot(
-                    &ins,
-                    w[j].iter().map(|v| (alpha * v * sa).round() as i64),
-                    ((alpha * b[j] + beta) * sa).round() as i64,
-                    pa,
-                ));
-                outputs.push(ops.len() - 1);
-                scales.push(sa);
-            }
-            (Neuron::Affine { .. }, None) => {
-                return Err(FheError::Circuit("an affine neuron without its fit".into()));
-            }
-            (
-                Neuron::Odd {
-                    weights,
-                    bias,
-                    k,
-                    split,
-                    ..
-                },
-                None,
-            ) => {
-                let (c, sa, fit) = odd_activation(*k, split, room)?;
-                ops.push(dot(&ins, weights.iter().copied(), *bias, LUT_BITS));
-                let acc = ops.len() - 1;
-                ops.push(Op::Lut {
-                    input: acc,
-                    table: fit.table.iter().map(|t| (t * sa).round() as i64).collect(),
-                    p: pa,
-                });
-                let lut = ops.len() - 1;
-                let mut terms: Vec<(ValueId, i64)> = vec![(lut, 1)];
-                if c != 0 {
-                    terms.extend(
-                        ins.iter()
-                            .zip(weights)
-                            .filter(|(_, w)| **w != 0)
-                            .map(|(&id, &w)| (id, c * w)),
-                    );
-                }
-                ops.push(Op::Linear {
-                    terms,
-                    bias: c * bias + (fit.beta * sa).round() as i64,
-                    p: pa,
-                });
-                outputs.push(ops.len() - 1);
-                scales.push(sa);
-            }
-        }
-    }
-    let circuit = Circuit {
-        ops,
-        outputs,
-        n_inputs: n_in,
-    };
-    circuit.validate()?;
-    circuit.check_noise(params)?;
-    Ok((circuit, scales))
-}
-
-/// The split activation of an odd neuron as integers: `c·a + round(sa·A(a)) + round(sa·β)`
-/// with `c = sa·α/k` an integer, the scale `sa` as large as the output encoding allows.
-fn odd_activation(k: f64, fit: &OddFit, room: f64) -> Result<(i64, f64, OddFit), FheError> {
-    let values = |f: &OddFit| -> f64 {
-        (-HALF..HALF)
-            .map(|a| f.value(a as f64 / k, a).abs())
-            .fold(0.0, f64::max)
-            .max(1e-12)
-    };
-    let mut target = (room - 1.0) / values(fit);
-    for _ in 0..50 {
-        // The coefficient on `a`, rounded toward zero, then the scale that makes it exact.
-        let c = (target * fit.alpha / k).trunc();
-        let (sa, refit) = if c == 0.0 {
-            (target, fit_again(fit, k, 0.0))
-        } else {
-            let sa = c * k / fit.alpha;
-            (sa, fit_again(fit, k, fit.alpha))
-        };
-        let fits = (-HALF..HALF).all(|a| {
-            let v = c * a as f64 + (sa * refit.odd(a)).round() + (sa * refit.beta).round();
-            v.abs() <= room
-        });
-        if fits && sa > 0.0 && sa.is_finite() {
-            return Ok((c as i64, sa, refit));
-        }
-        target *= 0.9;
-    }
-    Err(FheError::Unsupported(
-        "a split activation does not fit its output encoding".into(),
-    ))
-}
-
-/// `fit` with `α` set (it already is, for a non-zero coefficient): with `α = 0` the table and
-/// `β` absorb the linear part on the grid.
-fn fit_again(fit: &OddFit, k: f64, alpha: f64) -> OddFit {
-    if alpha == fit.alpha {
-        return fit.clone();
-    }
-    let rows: Vec<(f64, i64, f64)> = (-HALF..HALF)
-        .map(|a| (a as f64 / k, a, fit.value(a as f64 / k, a)))
-        .collect();
-    fit_odd(&rows, Some(alpha))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Head;
 
     /// `relu(x) = x/2 + 4/k + A(a)` with `A` antiperiodic: the fit finds it exactly.
     #[test]
@@ -1107,8 +1095,7 @@ mod tests {
     }
 
     /// Three neurons: one changes side over the calibration range (one bootstrap), one is
-    /// always on and one always off (affine, none). Scores and split activations follow the
-    /// float network.
+    /// always on and one always off (affine, none). Scores follow the float network.
     #[test]
     fn only_neurons_that_change_side_take_a_bootstrap() {
         let net = Network {
@@ -1136,21 +1123,50 @@ mod tests {
         assert_eq!(c.outputs_per_score, 2);
         assert_eq!(c.output_shifts.len(), 2);
         assert!(c.output_shifts[1] > 8, "{:?}", c.output_shifts);
-        let split = c.split.as_ref().expect("split");
-        assert_eq!(split.circuit.pbs_count(), 1);
-        let (mut score_err, mut act_err) = (0.0f64, 0.0f64);
+        let mut score_err = 0.0f64;
         for r in &calibration {
             let float = net.scores(r)[0];
             score_err = score_err.max((c.scores(&c.simulate(r).expect("sim"))[0] - float).abs());
-            let q = c.quantise(r).expect("quantise");
-            let acts = split.circuit.simulate(&q);
-            let finished = split.finish(&acts).expect("finish")[0];
-            act_err = act_err.max((finished - float).abs());
         }
         // Scores span about ±3: the 5-bit accumulator's weights are rounded (2.13 to 2), which
-        // the fit absorbs on the main circuit; split activations are functions of it alone.
+        // the fit absorbs.
         assert!(score_err < 0.1, "{score_err}");
-        assert!(act_err < 0.15, "{act_err}");
+    }
+
+    /// One ciphertext per score: the bootstrap outputs and the affine part in one sum.
+    #[test]
+    fn a_score_can_come_back_as_one_ciphertext() {
+        let net = Network {
+            layers: vec![
+                Dense {
+                    w: vec![vec![1.0, -1.0], vec![0.5, 0.25], vec![-1.0, -2.0]],
+                    b: vec![0.0, 1.0, -0.5],
+                },
+                Dense {
+                    w: vec![vec![2.0, -1.0, 3.0]],
+                    b: vec![-0.75],
+                },
+            ],
+            activations: vec![Activation::Relu],
+            head: Head::Binary {
+                classes: ["no".into(), "yes".into()],
+            },
+        };
+        let opts = CompileOptions {
+            bits: Some(3),
+            ..CompileOptions::default()
+        };
+        let c = negacyclic_network(&net, &grid(), &opts, &[usize::MAX], true)
+            .remove(0)
+            .expect("compile");
+        c.circuit.check_noise(&opts.params).expect("noise");
+        assert_eq!((c.outputs_per_score, c.circuit.outputs.len()), (1, 1));
+        let mut err = 0.0f64;
+        for r in &grid() {
+            err = err.max((c.scores(&c.simulate(r).expect("sim"))[0] - net.scores(r)[0]).abs());
+        }
+        // Scores span about ±3; the affine part now shares the bootstraps' coarser scale.
+        assert!(err < 0.3, "{err}");
     }
 
     /// The 3-bit grid over two inputs in [0, 1].
@@ -1182,6 +1198,7 @@ mod tests {
     fn compile_on_grid(net: &Network) -> (CompiledModel, CompileOptions) {
         let opts = CompileOptions {
             bits: Some(3),
+            outputs: super::super::Outputs::PartialSums,
             ..CompileOptions::default()
         };
         let c = negacyclic_network(net, &grid(), &opts, &[usize::MAX], true)
@@ -1193,8 +1210,7 @@ mod tests {
     }
 
     /// Two hidden layers: a second-layer accumulator adds one bootstrap per first-layer unit
-    /// feeding it, and the scores follow the float network; split inference finishes the two
-    /// remaining layers in plaintext.
+    /// feeding it, and the scores follow the float network.
     #[test]
     fn a_second_hidden_layer_is_fed_by_one_bootstrap_per_unit() {
         let net = Network {
@@ -1230,14 +1246,6 @@ mod tests {
         }
         eprintln!("{} PBS, worst error {err} of {span}", c.circuit.pbs_count());
         assert!(err < 0.1 * span, "{err} of {span}");
-        let split = c.split.as_ref().expect("split");
-        assert_eq!(split.rest.layers.len(), 2);
-        let mut split_err = 0.0f64;
-        for (r, float) in calibration.iter().zip(&scores) {
-            let acts = split.circuit.simulate(&c.quantise(r).expect("quantise"));
-            split_err = split_err.max((split.finish(&acts).expect("finish")[0] - float).abs());
-        }
-        assert!(split_err < 0.1 * span, "{split_err} of {span}");
     }
 
     /// Sixty first-layer units feeding one accumulator would exceed the noise bound: the

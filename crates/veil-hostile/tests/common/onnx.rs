@@ -1,0 +1,275 @@
+//! Writing ONNX graphs by hand, and the zoo of hostile models built with it.
+//!
+//! Every model takes the breast-cancer features as `x: float[N, 30]` and uses only operators
+//! on the node's allow-list, so the node accepts each upload: the attack is in what the graph
+//! computes, not in how it is encoded.
+
+use prost::Message;
+use tract_onnx::pb;
+
+const FLOAT: i32 = 1;
+const INT64: i32 = 7;
+
+/// A graph under construction over one input `x: float[N, features]`.
+pub struct Graph {
+    features: i64,
+    nodes: Vec<pb::NodeProto>,
+    initializers: Vec<pb::TensorProto>,
+    next: usize,
+}
+
+pub fn int_attr(name: &str, v: i64) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: 2,
+        i: v,
+        ..Default::default()
+    }
+}
+
+pub fn ints_attr(name: &str, v: &[i64]) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: 7,
+        ints: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn value_info(name: &str, elem_type: i32, dims: &[Option<i64>]) -> pb::ValueInfoProto {
+    use pb::tensor_shape_proto::{Dimension, dimension::Value};
+    pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type,
+                shape: Some(pb::TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|d| Dimension {
+                            value: Some(match d {
+                                Some(n) => Value::DimValue(*n),
+                                None => Value::DimParam("N".into()),
+                            }),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+impl Graph {
+    pub fn new(features: usize) -> Self {
+        Self {
+            features: features as i64,
+            nodes: Vec::new(),
+            initializers: Vec::new(),
+            next: 0,
+        }
+    }
+
+    fn fresh(&mut self, prefix: &str) -> String {
+        self.next += 1;
+        format!("{prefix}{}", self.next)
+    }
+
+    pub fn floats(&mut self, dims: &[i64], data: Vec<f32>) -> String {
+        let name = self.fresh("c");
+        self.initializers.push(pb::TensorProto {
+            name: name.clone(),
+            dims: dims.to_vec(),
+            data_type: FLOAT,
+            float_data: data,
+            ..Default::default()
+        });
+        name
+    }
+
+    pub fn ints(&mut self, dims: &[i64], data: Vec<i64>) -> String {
+        let name = self.fresh("i");
+        self.initializers.push(pb::TensorProto {
+            name: name.clone(),
+            dims: dims.to_vec(),
+            data_type: INT64,
+            int64_data: data,
+            ..Default::default()
+        });
+        name
+    }
+
+    pub fn scalar(&mut self, v: f32) -> String {
+        self.floats(&[], vec![v])
+    }
+
+    /// Adds a node and returns its (one) output's name.
+    pub fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<pb::AttributeProto>) -> String {
+        let out = self.fresh("t");
+        self.nodes.push(pb::NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![out.clone()],
+            name: out.clone(),
+            op_type: op.into(),
+            attribute: attrs,
+            ..Default::default()
+        });
+        out
+    }
+
+    /// Column `feature` of `x`, as `[N, 1]`.
+    pub fn feature(&mut self, feature: usize) -> String {
+        let idx = self.ints(&[1], vec![feature as i64]);
+        self.op("Gather", &["x", &idx], vec![int_attr("axis", 1)])
+    }
+
+    /// The model's bytes, with `output` as its only output.
+    pub fn finish(mut self, output: &str, dims: &[Option<i64>]) -> Vec<u8> {
+        let out = self.op("Identity", &[output], vec![]);
+        pb::ModelProto {
+            ir_version: 8,
+            producer_name: "veil-hostile".into(),
+            opset_import: vec![pb::OperatorSetIdProto {
+                domain: String::new(),
+                version: 13,
+            }],
+            graph: Some(pb::GraphProto {
+                name: "hostile".into(),
+                node: self.nodes,
+                initializer: self.initializers,
+                input: vec![value_info("x", FLOAT, &[None, Some(self.features)])],
+                output: vec![value_info(&out, FLOAT, dims)],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+}
+
+/// Two class scores `[s, -s]` per row from a `[?, 1]` score `s` broadcast over the rows of
+/// `x`: class 0 where `s > 0`, class 1 where `s < 0`.
+fn two_scores(g: &mut Graph, rows_like: &str, s: &str) -> String {
+    let zero = g.scalar(0.0);
+    let zeros = g.op("Mul", &[rows_like, &zero], vec![]);
+    let s0 = g.op("Add", &[&zeros, s], vec![]);
+    let s1 = g.op("Neg", &[&s0], vec![]);
+    g.op("Concat", &[&s0, &s1], vec![int_attr("axis", 1)])
+}
+
+/// Every row's prediction depends on the maximum of `feature` over the batch: class 0 for
+/// all rows when the batch holds a value above `threshold`, class 1 otherwise. Run on whole
+/// batches, removing the one person above the threshold flips the whole confusion matrix.
+pub fn batch_max_classifier(features: usize, feature: usize, threshold: f32) -> Vec<u8> {
+    let mut g = Graph::new(features);
+    let x0 = g.feature(feature);
+    let max = g.op(
+        "ReduceMax",
+        &[&x0],
+        vec![ints_attr("axes", &[0]), int_attr("keepdims", 1)],
+    );
+    let t = g.scalar(threshold);
+    let s = g.op("Sub", &[&max, &t], vec![]);
+    let scores = two_scores(&mut g, &x0, &s);
+    g.finish(&scores, &[None, Some(2)])
+}
+
+/// Mixes rows through a matrix product over the batch axis: `xᵀ·x` sums `feature`² over all
+/// rows, and every row's score is that sum against `threshold`.
+pub fn gram_classifier(features: usize, feature: usize, threshold: f32) -> Vec<u8> {
+    let mut g = Graph::new(features);
+    let x0 = g.feature(feature);
+    let xt = g.op("Transpose", &[&x0], vec![ints_attr("perm", &[1, 0])]);
+    let gram = g.op("MatMul", &[&xt, &x0], vec![]);
+    let t = g.scalar(threshold);
+    let s = g.op("Sub", &[&gram, &t], vec![]);
+    let scores = two_scores(&mut g, &x0, &s);
+    g.finish(&scores, &[None, Some(2)])
+}
+
+/// Reads the batch size through `Shape`: class 0 when the batch has more than `rows` rows.
+pub fn batch_size_classifier(features: usize, rows: f32) -> Vec<u8> {
+    let mut g = Graph::new(features);
+    let x0 = g.feature(0);
+    let shape = g.op("Shape", &["x"], vec![]);
+    let first = g.ints(&[1], vec![0]);
+    let n = g.op("Gather", &[&shape, &first], vec![int_attr("axis", 0)]);
+    let n = g.op("Cast", &[&n], vec![int_attr("to", i64::from(FLOAT))]);
+    let n = g.op("Unsqueeze", &[&n, &first], vec![]);
+    let t = g.scalar(rows);
+    let s = g.op("Sub", &[&n, &t], vec![]);
+    let scores = two_scores(&mut g, &x0, &s);
+    g.finish(&scores, &[None, Some(2)])
+}
+
+/// Reads the batch's first row through `Slice` on the batch axis and gives every row that
+/// row's class.
+pub fn first_row_classifier(features: usize, feature: usize, threshold: f32) -> Vec<u8> {
+    let mut g = Graph::new(features);
+    let x0 = g.feature(feature);
+    let starts = g.ints(&[1], vec![0]);
+    let ends = g.ints(&[1], vec![1]);
+    let axes = g.ints(&[1], vec![0]);
+    let first = g.op("Slice", &[&x0, &starts, &ends, &axes], vec![]);
+    let t = g.scalar(threshold);
+    let s = g.op("Sub", &[&first, &t], vec![]);
+    let scores = two_scores(&mut g, &x0, &s);
+    g.finish(&scores, &[None, Some(2)])
+}
+
+/// A regressor that fails on every row except those whose `feature` is 0 or `target`: it
+/// reads a one-element table at an index that is 0 only there. Run on batches with a
+/// row-by-row fallback, its run succeeded only when the target was present.
+pub fn fail_unless_regressor(features: usize, feature: usize, target: f32) -> Vec<u8> {
+    let mut g = Graph::new(features);
+    let x0 = g.feature(feature);
+    let t = g.scalar(target);
+    let d = g.op("Sub", &[&x0, &t], vec![]);
+    let p = g.op("Mul", &[&x0, &d], vec![]);
+    let a = g.op("Abs", &[&p], vec![]);
+    let big = g.scalar(1e6);
+    let scaled = g.op("Mul", &[&a, &big], vec![]);
+    let idx = g.op("Cast", &[&scaled], vec![int_attr("to", i64::from(INT64))]);
+    let flat_shape = g.ints(&[1], vec![-1]);
+    let idx = g.op("Reshape", &[&idx, &flat_shape], vec![]);
+    let table = g.floats(&[1, 1], vec![500.0]);
+    let out = g.op("Gather", &[&table, &idx], vec![int_attr("axis", 0)]);
+    g.finish(&out, &[None, Some(1)])
+}
+
+/// A regressor whose arithmetic runs on subnormal numbers only for rows whose `feature` is
+/// `target` (slow on most CPUs): a chain of `layers` `width`×`width` products of a value that
+/// is 1e-39 there and normal elsewhere. Its output is 500 for every row.
+pub fn slow_on_target_regressor(
+    features: usize,
+    feature: usize,
+    target: f32,
+    width: usize,
+    layers: usize,
+) -> Vec<u8> {
+    let mut g = Graph::new(features);
+    let x0 = g.feature(feature);
+    let t = g.scalar(target);
+    let d = g.op("Sub", &[&x0, &t], vec![]);
+    let d2 = g.op("Mul", &[&d, &d], vec![]);
+    let tiny = g.scalar(1e-39);
+    let v = g.op("Add", &[&d2, &tiny], vec![]);
+    let spread = g.floats(&[1, width as i64], vec![1.0; width]);
+    let mut h = g.op("MatMul", &[&v, &spread], vec![]);
+    for _ in 0..layers {
+        let w = g.floats(
+            &[width as i64, width as i64],
+            vec![1.0 / width as f32; width * width],
+        );
+        h = g.op("MatMul", &[&h, &w], vec![]);
+    }
+    let axes = g.ints(&[1], vec![1]);
+    let sum = g.op("ReduceSum", &[&h, &axes], vec![int_attr("keepdims", 1)]);
+    let zero = g.scalar(0.0);
+    let nothing = g.op("Mul", &[&sum, &zero], vec![]);
+    let base = g.scalar(500.0);
+    let out = g.op("Add", &[&nothing, &base], vec![]);
+    g.finish(&out, &[None, Some(1)])
+}
