@@ -550,6 +550,20 @@ pub struct FheInfoView {
     pub calibration_rows: usize,
     /// log2 of the worst per-read decryption failure probability the noise analysis proves.
     pub log2_p_fail: f64,
+    /// log2 of the bound on a whole sample failing (any of its reads: the union bound).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log2_p_fail_sample: Option<f64>,
+    /// Output ciphertexts per score: 1 (the scores only) unless the creator chose partial sums.
+    #[serde(default = "one_output")]
+    pub outputs_per_score: usize,
+    /// Accumulators an input unlike every calibration row could wrap (a wrong score), of all
+    /// the circuit's; absent for models published before the check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accumulators_may_wrap: Option<[usize; 2]>,
+}
+
+fn one_output() -> usize {
+    1
 }
 
 /// What a client needs to encrypt inputs for a model and read its outputs.
@@ -558,7 +572,9 @@ pub struct FheModelView {
     pub model: String,
     pub version: u32,
     pub info: FheInfoView,
-    /// The engine's client specification (quantisers, encodings, output scale, head).
+    /// The engine's client specification: quantisers (feature ranges rounded outward or
+    /// declared, a forest's exact thresholds), encodings, output scale, head, calibration
+    /// statistics; everything in it was listed to and confirmed by the model's creator.
     #[schema(value_type = Object)]
     pub spec: serde_json::Value,
 }
@@ -699,6 +715,10 @@ pub struct RequestsQuery {
     /// Only requests in this status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    /// Only requests of this kind: `validation` or `query` (a DP query's record, which only
+    /// its requester sees). Reviewers see everyone's validations unless they ask for `query`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

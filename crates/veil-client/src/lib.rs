@@ -589,9 +589,21 @@ impl Client {
     }
 
     pub async fn list_requests(&self, status: Option<&str>) -> Result<Vec<RequestView>> {
+        self.list_requests_of_kind(status, None).await
+    }
+
+    /// Requests of one kind (`validation` or `query`, the caller's DP queries).
+    pub async fn list_requests_of_kind(
+        &self,
+        status: Option<&str>,
+        kind: Option<&str>,
+    ) -> Result<Vec<RequestView>> {
         let mut rb = self.request(Method::GET, "api/v1/requests")?;
         if let Some(s) = status {
             rb = rb.query(&[("status", s)]);
+        }
+        if let Some(k) = kind {
+            rb = rb.query(&[("kind", k)]);
         }
         self.json(rb).await
     }

@@ -352,45 +352,41 @@ impl Core {
             "mechanism": costed.mechanism.name(),
             "client_ref": client_ref,
         });
-        let receipt = self
-            .spend(
-                p,
-                &Spend {
-                    dataset: Some(dataset_name(name)?),
-                    epsilon,
-                    delta,
-                    purpose: "query".into(),
-                    reference: format!("sha256:{sql_hash}"),
-                    details: json!({
-                        "sql_sha256": sql_hash,
-                        "mechanism": costed.mechanism.name(),
-                        "aggregates": costed.plan.aggregates.len(),
-                        "client_ref": client_ref,
-                    }),
-                    // The query's record, in the charge's transaction: no charge without it.
-                    opens: Some(NewRequest {
-                        kind: "query".into(),
-                        requester_id: p.user.id,
-                        requester: p.email().to_string(),
-                        target: target.clone(),
-                        dataset: Some(name.to_string()),
-                        parameters: parameters.to_string(),
-                        epsilon,
-                        delta,
-                        status: RequestStatus::Running,
-                    }),
-                },
-            )
-            .await?;
-        let request_id = receipt
-            .request_id
-            .ok_or_else(|| CoreError::Internal("the charge opened no query record".into()))?;
+        let spend = Spend {
+            dataset: Some(dataset_name(name)?),
+            epsilon,
+            delta,
+            purpose: "query".into(),
+            reference: format!("sha256:{sql_hash}"),
+            details: json!({
+                "sql_sha256": sql_hash,
+                "mechanism": costed.mechanism.name(),
+                "aggregates": costed.plan.aggregates.len(),
+            }),
+            // The query's record, in the charge's transaction: no charge without it.
+            opens: Some(NewRequest {
+                kind: "query".into(),
+                requester_id: p.user.id,
+                requester: p.email().to_string(),
+                target: target.clone(),
+                dataset: Some(name.to_string()),
+                parameters: parameters.to_string(),
+                epsilon,
+                delta,
+                status: RequestStatus::Running,
+            }),
+        };
 
-        // After the charge: on its own task (a closed connection cannot cut it short), the
-        // release or the one fixed failure, recorded under the query's request id.
+        // From the charge on, on a task of its own (a closed connection cannot cut it short,
+        // not even while the charge commits): the release or the one fixed failure, recorded
+        // under the query's request id.
         let core = Arc::clone(self);
-        let actor = p.email().to_string();
-        let finished = tokio::spawn(async move {
+        let caller = p.clone();
+        tokio::spawn(async move {
+            let receipt = core.spend(&caller, &spend).await?;
+            let request_id = receipt
+                .request_id
+                .ok_or_else(|| CoreError::Internal("the charge opened no query record".into()))?;
             let started = std::time::Instant::now();
             let outcome = after_charge("query", format!("request:{request_id}"), async move {
                 let exact = prepared.run().await.map_err(|e| e.to_string())?;
@@ -406,15 +402,17 @@ impl Core {
                 seconds = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
                 "query run finished"
             );
-            core.record_query(&actor, request_id, outcome).await
+            let released = core
+                .record_query(caller.email(), request_id, outcome)
+                .await?;
+            Ok(QueryOutcome {
+                released,
+                receipt,
+                request_id,
+            })
         })
         .await
-        .map_err(|e| CoreError::Internal(format!("the query task failed: {e}")))??;
-        Ok(QueryOutcome {
-            released: finished,
-            receipt,
-            request_id,
-        })
+        .map_err(|e| CoreError::Internal(format!("the query task failed: {e}")))?
     }
 
     /// Records a charged query's outcome in its request, and returns the release (or the one

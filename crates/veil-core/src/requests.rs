@@ -8,7 +8,9 @@
 //! worker pool, each row alone, and release the metrics through the DP engine. After the
 //! charge nothing cuts the run short: no time limit (the node's limit applies per row,
 //! before the charge), no failing row, no closed connection; its outcome is the release or
-//! the one fixed failure of [`crate::charged`]. The request records every step; requesters
+//! the one fixed failure of [`crate::charged`]. Its duration is padded to the rows' time
+//! allowances, fixed before the charge, so it shows how many rows there were but not what
+//! they hold. The request records every step; requesters
 //! see only their own requests.
 
 use std::sync::Arc;
@@ -31,6 +33,9 @@ use crate::charged::{CHARGED_FAILURE, Charged, after_charge};
 use crate::error::{Conflict, NotFound};
 use crate::{Core, CoreError, Principal, Result};
 
+/// The kind of request a validation is.
+const VALIDATION: &str = "validation";
+
 /// Batches a validation run may have in flight on the pool (bounds memory).
 const IN_FLIGHT: usize = 4;
 
@@ -48,11 +53,15 @@ pub struct ValidationRequest {
     pub confidence: Option<f64>,
 }
 
-/// The parameters stored with a validation request (the model version is pinned).
+/// The parameters stored with a validation request (the model version is pinned, and so is its
+/// file: a version number can come back after a delete, with other bytes).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Params {
     model: String,
     version: u32,
+    /// SHA-256 of the model file the request names (what a reviewer approves).
+    #[serde(default)]
+    model_sha256: Option<String>,
     dataset: String,
     features: Vec<String>,
     label: String,
@@ -164,6 +173,7 @@ impl Core {
         let params = Params {
             model: model.name.clone(),
             version: model.version,
+            model_sha256: Some(model.sha256.clone()),
             dataset: dataset.name.clone(),
             features: req.features.clone(),
             label: req.label.clone(),
@@ -176,7 +186,7 @@ impl Core {
             .store
             .create_request(
                 &NewRequest {
-                    kind: "validation".into(),
+                    kind: VALIDATION.into(),
                     requester_id: p.user.id,
                     requester: p.email().to_string(),
                     target: format!("model:{}@{}", model.name, model.version),
@@ -290,18 +300,25 @@ impl Core {
         }
     }
 
-    /// The caller's requests, or everyone's for reviewers.
+    /// The caller's requests of `kind` (any if `None`). Reviewers see everyone's
+    /// validations (what they review), unless they ask for their own queries; a DP query's
+    /// record (its released answer) is its requester's alone.
     pub async fn list_requests(
         &self,
         p: &Principal,
         status: Option<RequestStatus>,
+        kind: Option<&str>,
     ) -> Result<Vec<RequestRecord>> {
         p.ensure_active()?;
-        let who = (!p.has(Permission::RequestsReview)).then_some(p.user.id);
-        Ok(self.store.list_requests(who, status, 500).await?)
+        let (who, kind) = match (p.has(Permission::RequestsReview), kind) {
+            (true, None | Some(VALIDATION)) => (None, Some(VALIDATION)),
+            (_, kind) => (Some(p.user.id), kind),
+        };
+        Ok(self.store.list_requests(who, status, kind, 500).await?)
     }
 
-    /// One request: its requester's or any for reviewers (others get "no such request").
+    /// One request: its requester's, or a validation for reviewers (others get "no such
+    /// request").
     pub async fn get_request(&self, p: &Principal, id: i64) -> Result<RequestRecord> {
         p.ensure_active()?;
         let r = self
@@ -309,7 +326,8 @@ impl Core {
             .get_request(id)
             .await?
             .ok_or(CoreError::NotFound(NotFound::Request))?;
-        if r.requester_id != p.user.id && !p.has(Permission::RequestsReview) {
+        let reviewable = r.kind == VALIDATION && p.has(Permission::RequestsReview);
+        if r.requester_id != p.user.id && !reviewable {
             return Err(CoreError::NotFound(NotFound::Request));
         }
         Ok(r)
@@ -445,6 +463,15 @@ impl Core {
             .get_model(&params.model, Some(params.version))
             .await?
             .ok_or_else(|| invalid("the model version was deleted"))?;
+        if params
+            .model_sha256
+            .as_deref()
+            .is_some_and(|pinned| !veil_crypto::ct_eq(pinned.as_bytes(), model.sha256.as_bytes()))
+        {
+            return Err(invalid(
+                "the model version was replaced since the request was filed; file it again",
+            ));
+        }
         let dataset = self
             .store
             .get_dataset(&params.dataset)
@@ -484,24 +511,31 @@ impl Core {
             .map_err(|e| CoreError::Internal(e.to_string()))?;
         let probe = probe_rows(&manifest, &params.features, PROBE_ROWS);
         let loaded_summary = summary.clone();
-        let (model_run, per_row) = self
+        let (model_run, probed) = self
             .on_model_pool(move || {
                 let model = Model::load(&bytes, &loaded_summary)?;
-                let started = Instant::now();
-                for row in probe.chunks(model.n_features().max(1)) {
-                    // Failing on a synthetic row is fine; only the time matters here.
-                    let _ = model.predict_row(row);
-                }
-                let per_row = started.elapsed() / PROBE_ROWS as u32;
-                Ok::<_, veil_ml::ModelError>((model, per_row))
+                let mut times: Vec<std::time::Duration> = probe
+                    .chunks(model.n_features().max(1))
+                    .map(|row| {
+                        // Failing on a synthetic row is fine; only the time matters here.
+                        let started = Instant::now();
+                        let _ = model.predict_row(row);
+                        started.elapsed()
+                    })
+                    .collect();
+                // The median: one row slowed by the machine (not by the model) must not count.
+                times.sort_unstable();
+                let typical = times.get(times.len() / 2).copied().unwrap_or_default();
+                Ok::<_, veil_ml::ModelError>((model, typical))
             })
             .await?
             .map_err(|e| CoreError::InvalidModel(e.to_string()))?;
+        let row_time = row_time(model_run.cost(), probed);
         let limit = self.settings.validation_row_time_limit;
-        if per_row > limit {
+        if row_time > limit {
             return Err(invalid(format!(
-                "the model takes {:.1} ms per row on synthetic rows; this node allows {:.1} ms",
-                per_row.as_secs_f64() * 1e3,
+                "the model may take {:.1} ms per row (from its size and on synthetic rows); this node allows {:.1} ms",
+                row_time.as_secs_f64() * 1e3,
                 limit.as_secs_f64() * 1e3
             )));
         }
@@ -527,6 +561,7 @@ impl Core {
                 opens: None,
             },
             model: Arc::new(model_run),
+            row_time,
             classes: classes.map(Arc::new),
             costed,
             file_id: dataset.file_id,
@@ -540,6 +575,25 @@ impl Core {
 
 /// Synthetic rows timed before the charge.
 const PROBE_ROWS: usize = 32;
+
+/// Operations per second a model is assumed to run at, at the least, when its static work
+/// bound is turned into time (well below what one core does, so that no row of an admitted
+/// model takes longer than its allowance).
+const SLOWEST_OPS_PER_SECOND: f64 = 50_000_000.0;
+/// What running one row costs beyond its operations (the run's own bookkeeping).
+const ROW_OVERHEAD: std::time::Duration = std::time::Duration::from_micros(20);
+
+/// The time one row is allowed, fixed before the charge from public quantities only: the
+/// larger of the model's static work bound at [`SLOWEST_OPS_PER_SECOND`] and four times its
+/// typical (median) synthetic row. The static bound covers every operator of the graph, so a model
+/// that is fast on synthetic rows because it fails early there (and slow on the row it
+/// targets) still gets the time of its whole graph.
+fn row_time(cost: veil_ml::ModelCost, typical_probe: std::time::Duration) -> std::time::Duration {
+    let from_size =
+        std::time::Duration::from_secs_f64(cost.work_per_row as f64 / SLOWEST_OPS_PER_SECOND)
+            + ROW_OVERHEAD;
+    from_size.max(typical_probe * 4)
+}
 
 /// `n` rows of features drawn from the manifest's declared domains (public), row-major, in
 /// the model's input encoding (dates as day numbers, booleans as 0/1).
@@ -593,6 +647,9 @@ fn validation_result(released: &ReleasedValidation) -> String {
 struct PreparedValidation {
     spend: Spend,
     model: Arc<Model>,
+    /// Each row's time allowance (see [`row_time`]): the run ends no sooner than the rows'
+    /// allowances spread over the pool's threads.
+    row_time: std::time::Duration,
     classes: Option<Arc<ClassMap>>,
     costed: CostedValidation,
     file_id: String,
@@ -610,6 +667,9 @@ impl PreparedValidation {
         datasets: Arc<veil_datasets::Storage>,
         pool: Arc<rayon::ThreadPool>,
     ) -> std::result::Result<ReleasedValidation, String> {
+        let started = Instant::now();
+        let threads = pool.current_num_threads().max(1) as u32;
+        let mut rows = 0u64;
         let mut scan = datasets
             .scan(
                 &self.file_id,
@@ -629,6 +689,7 @@ impl PreparedValidation {
                     None => scan_done = true,
                     Some(batch) => {
                         let batch = batch.map_err(|e| e.to_string())?;
+                        rows += batch.rows as u64;
                         let (model, classes, costed) = (
                             self.model.clone(),
                             self.classes.clone(),
@@ -651,6 +712,24 @@ impl PreparedValidation {
                 .map_err(|_| "a scoring job stopped without a result".to_string())??;
             total.merge(&partial);
         }
+        // How long the run took must not depend on what the rows hold: a model can be slow on
+        // one row's values (a path it only takes there). Every row gets its allowance, and the
+        // run ends when they add up, so only the number of rows shows in its duration (as it
+        // does in the released counts); the real time goes to the operators' log.
+        let allowance = self
+            .row_time
+            .saturating_mul(u32::try_from(rows).unwrap_or(u32::MAX))
+            / threads;
+        let elapsed = started.elapsed();
+        if elapsed > allowance {
+            tracing::warn!(
+                rows,
+                allowance_ms = allowance.as_millis() as u64,
+                elapsed_ms = elapsed.as_millis() as u64,
+                "a validation ran past its rows' time allowance"
+            );
+        }
+        tokio::time::sleep_until(tokio::time::Instant::from_std(started + allowance)).await;
         let costed = self.costed;
         tokio::task::spawn_blocking(move || {
             let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();

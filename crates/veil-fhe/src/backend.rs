@@ -39,6 +39,8 @@ use crate::noise::{OUTPUT_KEPT_BITS, Params};
 
 /// Most output ciphertexts (partial sums) per score a client accepts.
 pub const MAX_OUTPUTS_PER_SCORE: usize = 64;
+/// Most scores (classes) per sample a client accepts.
+pub const MAX_SCORES: usize = 1_000;
 
 /// Parameters of every key and ciphertext, for callers that report sizes.
 pub const PARAMETER_SET: &str = "PARAM_MESSAGE_2_CARRY_2_KS_PBS_TUNIFORM_2M128";
@@ -185,6 +187,7 @@ impl ClientKey {
         let per_score = spec.outputs_per_score;
         if per_score == 0
             || per_score > MAX_OUTPUTS_PER_SCORE
+            || spec.head.n_scores() > MAX_SCORES
             || spec.output_bits.len() != spec.head.n_scores() * per_score
         {
             return Err(FheError::Malformed(format!(

@@ -452,7 +452,7 @@ impl ClientSpec {
             ));
         }
         learn.push(
-            "no circuit privacy: from replies (and from the ciphertexts' masks, for leveled outputs) a data user can recover the quantised model's integer weights; publishing makes the quantised model queryable, not secret (the node rate-limits and audits encrypted predictions)".into(),
+            "no circuit privacy: a data user can recover the quantised model's integer weights, from replies on inputs of their choosing and, for outputs computed without a bootstrap (a linear model's scores, a network's affine part), from a single reply, through the ciphertext's mask and noise, which are known functions of their own inputs'; publishing makes the quantised model queryable, not secret (the node rate-limits and audits encrypted predictions)".into(),
         );
         Disclosure {
             architecture: self.kind.clone(),
@@ -836,10 +836,10 @@ fn plan_outputs(
 }
 
 /// The range of calibration column `i` as the client spec publishes it: the smallest and
-/// largest calibration values, which are single people's values, widened outward to a grid of
-/// two significant digits of the range's width (`[6.981, 28.11]` becomes `[6, 29]`). It
-/// costs at most a tenth of the range on each side (well under one quantisation level at 4
-/// bits) and publishes no exact calibration value.
+/// largest calibration values, which are single people's values, widened strictly outward to a
+/// grid of two significant digits of the range's width (`[6.981, 28.11]` becomes `[6, 29]`,
+/// `[18, 97]` becomes `[17, 98]`). It costs at most two tenths of the range on each side and
+/// publishes no calibration value.
 fn column_range(calibration: &[Vec<f64>], i: usize, declared: Option<&[(f64, f64)]>) -> (f64, f64) {
     if let Some(r) = declared.and_then(|d| d.get(i)) {
         return *r;
@@ -866,13 +866,14 @@ pub(crate) fn public_range(lo: f64, hi: f64) -> (f64, f64) {
         let f = 10f64.powi(digits);
         (x * f).round() / f
     };
-    // A value already on the grid stays (up to float error); the result always contains it.
-    let mut down = tidy((lo / grid + 1e-9).floor() * grid);
-    if down > lo {
+    // Strictly outward: an extreme that is already on the grid (an integer feature, say)
+    // moves a step out, so a published bound is never a calibration value.
+    let mut down = tidy((lo / grid).floor() * grid);
+    if down >= lo {
         down = tidy(down - grid);
     }
-    let mut up = tidy((hi / grid - 1e-9).ceil() * grid);
-    if up < hi {
+    let mut up = tidy((hi / grid).ceil() * grid);
+    if up <= hi {
         up = tidy(up + grid);
     }
     if up > down {
@@ -1555,8 +1556,11 @@ mod tests {
     fn published_ranges_are_rounded_outward_to_two_significant_digits_of_the_width() {
         assert_eq!(public_range(6.981, 28.11), (6.0, 29.0));
         assert_eq!(public_range(0.05263, 0.1634), (0.05, 0.17));
-        assert_eq!(public_range(-3.7, 3.7), (-3.7, 3.7));
         assert_eq!(public_range(143.5, 2501.0), (100.0, 2600.0));
+        // Extremes on the grid move a step out: no published bound is a calibration value.
+        assert_eq!(public_range(-3.7, 3.7), (-3.8, 3.8));
+        assert_eq!(public_range(18.0, 97.0), (17.0, 98.0));
+        assert_eq!(public_range(0.0, 17.0), (-1.0, 18.0));
         // A constant column gets a range around it, not its exact value at both ends.
         let (lo, hi) = public_range(12.34, 12.34);
         assert!(lo <= 12.34 && hi >= 12.34 && hi > lo);

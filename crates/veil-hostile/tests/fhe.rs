@@ -87,10 +87,8 @@ fn the_client_refuses_replies_beyond_what_it_sent_and_the_spec() {
 async fn a_node_has_no_way_to_receive_decrypted_values() {
     let node = Node::start().await;
     let user = node.user("pat@home.org", "data-user", None).await;
-    for path in [
-        "api/v1/fhe/models/tumour-mlp/finish",
-        "api/v1/fhe/models/tumour-mlp/activations",
-    ] {
+    // The endpoint split inference posted decrypted activations to is gone.
+    for path in ["api/v1/fhe/models/tumour-mlp/finish"] {
         let (status, _) = user
             .raw(
                 veil_client::HttpMethod::POST,

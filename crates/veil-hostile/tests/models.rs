@@ -91,6 +91,26 @@ fn models_that_mix_rows_of_a_batch_see_one_row() {
     }
 }
 
+/// A data scientist may upload models now, so a model's work and memory per row are bounded
+/// from its graph's static shapes before it runs at all.
+#[test]
+fn models_too_big_for_one_row_are_refused_before_they_run() {
+    let bomb = onnx::doubling_regressor(30, 34);
+    assert!(bomb.len() < 10_000, "a small file");
+    let refused = veil_ml::inspect(&bomb, veil_ml::Limits::default());
+    assert!(
+        matches!(&refused, Err(veil_ml::ModelError::Unsupported(m)) if m.contains("tensor of")),
+        "{refused:?}"
+    );
+    // One shared 3000×3000 weight matrix applied twelve times: 1.1·10^8 multiply-adds a row.
+    let heavy = onnx::fast_unless_target_regressor(30, RADIUS, 1.0, 3000, 12);
+    let refused = veil_ml::inspect(&heavy, veil_ml::Limits::default());
+    assert!(
+        matches!(&refused, Err(veil_ml::ModelError::Unsupported(m)) if m.contains("operations per row")),
+        "{refused:?}"
+    );
+}
+
 struct Pair {
     node: Node,
     scientist: veil_client::Client,
@@ -296,4 +316,143 @@ async fn a_model_slow_on_chosen_rows_is_not_timed_for_the_requester() {
         .expect("upload");
     let (a, b) = validate_both(&p, "slow-on-target", "mean_area", &["mae"], 1.0).await;
     assert_eq!((a.status.as_str(), b.status.as_str()), ("done", "done"));
+}
+
+/// A model that fails at once on every row but the target's and then runs a long chain there:
+/// timed on synthetic rows alone it would look fast. Its allowance per row comes from its whole
+/// graph's size, so a chain too long for the node's limit is refused before the charge, and
+/// an admitted one runs for its rows' allowances whatever the rows hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_fast_on_synthetic_rows_and_slow_on_one_gets_its_whole_graphs_time() {
+    let p = neighbours().await;
+    let target_radius = p.bc.value(p.target, RADIUS) as f32;
+    let before = p.scientist.my_budget().await.expect("budget").budgets[0].epsilon_spent;
+    let heavy = onnx::fast_unless_target_regressor(30, RADIUS, target_radius, 512, 8);
+    p.scientist
+        .upload_model("heavy-on-target", heavy, None)
+        .await
+        .expect("upload");
+    let r = p
+        .scientist
+        .validate(
+            "heavy-on-target",
+            &validation(&p.bc, "bc_with", "mean_area", &["mae"], 1.0),
+        )
+        .await
+        .expect("validate");
+    assert_eq!(r.status, "failed");
+    assert!(
+        r.reason.as_deref().is_some_and(|m| m.contains("per row")),
+        "{:?}",
+        r.reason
+    );
+    assert_eq!(
+        p.scientist.my_budget().await.expect("budget").budgets[0].epsilon_spent,
+        before,
+        "refused before the charge"
+    );
+
+    let light = onnx::fast_unless_target_regressor(30, RADIUS, target_radius, 256, 8);
+    let cost = {
+        let summary = veil_ml::inspect(&light, veil_ml::Limits::default()).expect("inspect");
+        veil_ml::Model::load(&light, &summary).expect("plan").cost()
+    };
+    p.scientist
+        .upload_model("light-on-target", light, None)
+        .await
+        .expect("upload");
+    // Each row's allowance is at least its graph's work at 50 M operations a second, spread
+    // over the node's model threads; a run ends when its rows' allowances add up.
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) as f64;
+    let per_row = cost.work_per_row as f64 / 50e6;
+    let mut took = Vec::new();
+    for dataset in ["bc_with", "bc_without"] {
+        let started = std::time::Instant::now();
+        let r = p
+            .scientist
+            .validate(
+                "light-on-target",
+                &validation(&p.bc, dataset, "mean_area", &["mae"], 1.0),
+            )
+            .await
+            .expect("validate");
+        assert_eq!(r.status, "done", "{:?}", r.reason);
+        assert_no_timing(&r);
+        took.push(started.elapsed().as_secs_f64());
+    }
+    let floor = per_row * (p.bc.rows.len() - 1) as f64 / threads;
+    assert!(
+        took.iter().all(|t| *t >= floor),
+        "runs of {took:?} s, below their rows' allowance {floor} s"
+    );
+    // Both runs last their allowances (one row apart), not the target row's chain.
+    assert!(
+        (took[0] - took[1]).abs() < 0.25 * floor,
+        "{took:?} s against an allowance of {floor} s"
+    );
+}
+
+/// A charged validation whose client hangs up runs to its end and stays readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_validation_whose_client_disconnects_still_runs_and_is_recorded() {
+    use tokio::io::AsyncWriteExt;
+
+    let p = neighbours().await;
+    // Long enough a run (its rows' allowances, about a second and a half) to hang up during it.
+    p.scientist
+        .upload_model(
+            "steady",
+            onnx::slow_on_target_regressor(30, RADIUS, -1.0, 256, 8),
+            None,
+        )
+        .await
+        .expect("upload");
+    let token = p
+        .node
+        .client
+        .login("eve@lab.org", USER_PW)
+        .await
+        .expect("login")
+        .token;
+    let body = serde_json::to_string(&validation(&p.bc, "bc_with", "mean_area", &["mae"], 0.5))
+        .expect("json");
+    let request = format!(
+        "POST /api/v1/models/steady/validate HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {token}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        p.node.node.addr,
+        body.len()
+    );
+    let spent =
+        || async { p.scientist.my_budget().await.expect("budget").budgets[0].epsilon_spent };
+    let before = spent().await;
+    let mut socket = tokio::net::TcpStream::connect(p.node.node.addr)
+        .await
+        .expect("connect");
+    socket.write_all(request.as_bytes()).await.expect("send");
+    while spent().await == before {
+        tokio::task::yield_now().await;
+    }
+    // Charged, and still running (its allowance has not passed): hang up now.
+    let running = p
+        .scientist
+        .list_requests(Some("running"))
+        .await
+        .expect("list");
+    assert_eq!(
+        running.len(),
+        1,
+        "the run is under way when the client leaves"
+    );
+    drop(socket);
+    let id = running[0].id;
+    let done = loop {
+        let r = p.scientist.get_request(id).await.expect("request");
+        if r.status != "running" {
+            break r;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(done.status, "done", "{:?}", done.reason);
+    assert!(done.result.is_some());
+    assert!((spent().await - before - 0.5).abs() < 1e-6, "charged once");
 }

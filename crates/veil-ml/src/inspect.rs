@@ -230,6 +230,13 @@ pub fn inspect(bytes: &[u8], limits: Limits) -> Result<ModelSummary, ModelError>
     if graph.node.is_empty() {
         return Err(ModelError::Corrupt("the graph has no operators".into()));
     }
+    if graph.node.len() > limits.max_operators {
+        return Err(ModelError::Unsupported(format!(
+            "the graph has {} operators; this node allows {}",
+            graph.node.len(),
+            limits.max_operators
+        )));
+    }
 
     let mut operators = BTreeMap::new();
     for n in &graph.node {
@@ -380,8 +387,28 @@ pub fn inspect(bytes: &[u8], limits: Limits) -> Result<ModelSummary, ModelError>
             .map_or(0, |o| o.version),
         size_bytes: bytes.len(),
     };
-    // Finally, can it be planned and run? (Unsupported attribute modes fail here.)
+    // Can it be planned, within the node's bounds on one row's work and memory (checked on
+    // the static shapes, before anything runs), and run? (Unsupported attribute modes fail
+    // when planning.)
     let model = crate::runtime::Model::from_proto(&proto, &summary)?;
+    check_cost(model.cost(), limits)?;
     model.predict(&vec![0.0; summary.n_features], 1)?;
     Ok(summary)
+}
+
+/// Refuses a planned model whose one row would take more work or memory than `limits` allow.
+pub fn check_cost(cost: crate::ModelCost, limits: Limits) -> Result<(), ModelError> {
+    if cost.largest_tensor > limits.max_tensor_elements {
+        return Err(ModelError::Unsupported(format!(
+            "the model builds a tensor of {} elements for one row; this node allows {}",
+            cost.largest_tensor, limits.max_tensor_elements
+        )));
+    }
+    if cost.work_per_row > limits.max_work_per_row {
+        return Err(ModelError::Unsupported(format!(
+            "the model does about {} operations per row; this node allows {}",
+            cost.work_per_row, limits.max_work_per_row
+        )));
+    }
+    Ok(())
 }

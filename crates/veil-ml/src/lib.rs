@@ -14,9 +14,11 @@ pub mod labels;
 mod ops;
 mod runtime;
 
-pub use inspect::{ClassLabels, IoInfo, ModelKind, ModelSummary, allowed_operators, inspect};
+pub use inspect::{
+    ClassLabels, IoInfo, ModelKind, ModelSummary, allowed_operators, check_cost, inspect,
+};
 pub use labels::ClassMap;
-pub use runtime::{Model, Output, Prediction};
+pub use runtime::{Model, ModelCost, Output, Prediction};
 
 /// Upload limits.
 #[derive(Debug, Clone, Copy)]
@@ -24,6 +26,13 @@ pub struct Limits {
     pub max_bytes: usize,
     /// Most input features.
     pub max_features: usize,
+    /// Most operators in the graph.
+    pub max_operators: usize,
+    /// Most work one row may take: multiply-adds plus the elements every operator writes,
+    /// from the planned graph's static shapes (see [`ModelCost`]).
+    pub max_work_per_row: u64,
+    /// Most elements any one tensor may hold while a row runs.
+    pub max_tensor_elements: u64,
 }
 
 impl Default for Limits {
@@ -31,6 +40,11 @@ impl Default for Limits {
         Self {
             max_bytes: 64 * 1024 * 1024,
             max_features: 10_000,
+            max_operators: 10_000,
+            // About 50 ms per row on one slow core; a 30-30 MLP is about 2 000.
+            max_work_per_row: 100_000_000,
+            // 64 MiB of f32.
+            max_tensor_elements: 16 * 1024 * 1024,
         }
     }
 }

@@ -36,9 +36,50 @@ pub enum Prediction {
     Values(Vec<f64>),
 }
 
+/// What one row costs a planned model, from its graph's static shapes (the batch axis is 1, so
+/// every shape is known): a bound on its work that no row's values can raise, short of the
+/// arithmetic of each operation (subnormal numbers are slower on some CPUs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ModelCost {
+    /// Multiply-adds and divisions the operators report, plus every element every operator
+    /// writes.
+    pub work_per_row: u64,
+    /// Elements of the largest tensor a row produces.
+    pub largest_tensor: u64,
+    /// Operators in the planned graph.
+    pub operators: usize,
+}
+
+impl ModelCost {
+    fn of(model: &TypedModel) -> TractResult<Self> {
+        let mut cost = ModelCost {
+            operators: model.nodes().len(),
+            ..Self::default()
+        };
+        for node in model.nodes() {
+            let inputs = model.node_input_facts(node.id)?;
+            for (c, n) in node.op.cost(&inputs)? {
+                if c.is_compute() {
+                    let n = u64::try_from(n.to_i64().unwrap_or(i64::MAX)).unwrap_or(u64::MAX);
+                    cost.work_per_row = cost.work_per_row.saturating_add(n);
+                }
+            }
+            for output in &node.outputs {
+                let elements = output.fact.shape.as_concrete().map_or(u64::MAX, |dims| {
+                    dims.iter().fold(1u64, |v, d| v.saturating_mul(*d as u64))
+                });
+                cost.work_per_row = cost.work_per_row.saturating_add(elements);
+                cost.largest_tensor = cost.largest_tensor.max(elements);
+            }
+        }
+        Ok(cost)
+    }
+}
+
 /// A model planned for one row, shareable across threads.
 pub struct Model {
     plan: Arc<TypedSimplePlan>,
+    cost: ModelCost,
     n_features: usize,
     input_type: DatumType,
     kind: ModelKind,
@@ -126,14 +167,15 @@ impl Model {
             model
                 .set_input_fact(0, fact)
                 .map_err(|e| ModelError::Unsupported(format!("input: {e}")))?;
-            let plan = model
-                .into_optimized()
-                .and_then(|m| m.into_runnable())
-                .map_err(|e| {
-                    ModelError::Unsupported(format!("the model cannot be planned: {e:#}"))
-                })?;
+            let planned = |e: TractError| {
+                ModelError::Unsupported(format!("the model cannot be planned: {e:#}"))
+            };
+            let optimized = model.into_optimized().map_err(planned)?;
+            let cost = ModelCost::of(&optimized).map_err(planned)?;
+            let plan = optimized.into_runnable().map_err(planned)?;
             Ok(Self {
                 plan,
+                cost,
                 n_features: summary.n_features,
                 input_type,
                 kind: summary.kind.clone(),
@@ -144,6 +186,11 @@ impl Model {
 
     pub fn n_features(&self) -> usize {
         self.n_features
+    }
+
+    /// What one row costs (see [`ModelCost`]).
+    pub fn cost(&self) -> ModelCost {
+        self.cost
     }
 
     pub fn kind(&self) -> &ModelKind {

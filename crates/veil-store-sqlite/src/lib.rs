@@ -868,7 +868,8 @@ impl Store for SqliteStore {
         // The key goes (the file is unreadable from this commit on); the row stays as the
         // name's budget record (see `create_dataset`).
         query(
-            "UPDATE datasets SET deleted_at = ?2, wrapped_key = ?3, file_id = 'deleted-' || file_id
+            "UPDATE datasets SET deleted_at = ?2, wrapped_key = ?3, file_id = 'deleted-' || file_id,
+                 row_count = 0, bytes_stored = 0
              WHERE name = ?1",
         )
         .bind(name)
@@ -1188,16 +1189,18 @@ impl Store for SqliteStore {
         &self,
         requester: Option<UserId>,
         status: Option<RequestStatus>,
+        kind: Option<&str>,
         limit: u32,
     ) -> Result<Vec<RequestRecord>> {
         query_as::<_, rows::RequestRow>(concat!(
             "SELECT ",
             veil_store::request_columns!(),
             " FROM requests WHERE (?1 IS NULL OR requester_id = ?1) AND (?2 IS NULL OR status = ?2)
-             ORDER BY id DESC LIMIT ?3"
+             AND (?3 IS NULL OR kind = ?3) ORDER BY id DESC LIMIT ?4"
         ))
         .bind(requester)
         .bind(status.map(RequestStatus::as_str))
+        .bind(kind)
         .bind(i64::from(limit))
         .fetch_all(&self.read)
         .await

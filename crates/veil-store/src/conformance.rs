@@ -1171,7 +1171,7 @@ pub async fn debits_can_open_the_record_of_what_they_pay_for(f: &dyn Fixture) {
     );
     assert_eq!(
         store
-            .list_requests(Some(ana.id), None, 10)
+            .list_requests(Some(ana.id), None, None, 10)
             .await
             .expect("list")
             .len(),
@@ -1481,7 +1481,7 @@ pub async fn request_transitions_are_compare_and_set(f: &dyn Fixture) {
     );
     assert_eq!(
         store
-            .list_requests(Some(ana.id), None, 10)
+            .list_requests(Some(ana.id), None, None, 10)
             .await
             .expect("list")
             .len(),
@@ -1489,7 +1489,7 @@ pub async fn request_transitions_are_compare_and_set(f: &dyn Fixture) {
     );
     assert_eq!(
         store
-            .list_requests(None, Some(RequestStatus::Pending), 10)
+            .list_requests(None, Some(RequestStatus::Pending), None, 10)
             .await
             .expect("list")
             .len(),

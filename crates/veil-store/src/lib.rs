@@ -191,10 +191,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn create_request(&self, r: &NewRequest, audit: NewAuditEntry) -> Result<RequestRecord>;
     async fn get_request(&self, id: i64) -> Result<Option<RequestRecord>>;
     /// Newest first; only `requester`'s if given; only `status` if given.
+    /// Requests, newest first, filtered by requester, status and kind (each optional).
     async fn list_requests(
         &self,
         requester: Option<UserId>,
         status: Option<RequestStatus>,
+        kind: Option<&str>,
         limit: u32,
     ) -> Result<Vec<RequestRecord>>;
     /// Moves a request to `t.to` if it is in one of `t.from`; `Conflict` otherwise.

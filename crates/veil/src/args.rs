@@ -542,11 +542,14 @@ pub struct ValidateArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum RequestsCmd {
-    /// Your requests (everyone's, for reviewers).
+    /// Your requests (everyone's validations, for reviewers).
     List {
         /// pending, approved, denied, running, done or failed.
         #[arg(long)]
         status: Option<String>,
+        /// validation, or query (your DP queries, each with its answer).
+        #[arg(long)]
+        kind: Option<String>,
     },
     /// One request, with its result once done.
     Show { id: i64 },

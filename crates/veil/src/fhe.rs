@@ -538,7 +538,24 @@ pub async fn run(cmd: FheCmd, g: &Global, client: impl Fn() -> Result<Client>) -
                         ("calibration rows", v.info.calibration_rows.to_string()),
                         (
                             "failure probability",
-                            format!("≤ 2^{:.1} per read", v.info.log2_p_fail)
+                            match v.info.log2_p_fail_sample {
+                                Some(s) => format!(
+                                    "≤ 2^{:.1} per read, ≤ 2^{s:.1} per sample",
+                                    v.info.log2_p_fail
+                                ),
+                                None => format!("≤ 2^{:.1} per read", v.info.log2_p_fail),
+                            }
+                        ),
+                        ("outputs per score", v.info.outputs_per_score.to_string()),
+                        (
+                            "accumulators",
+                            match v.info.accumulators_may_wrap {
+                                Some([0, n]) => format!("{n}, none can wrap for a legal input"),
+                                Some([w, n]) => format!(
+                                    "{w} of {n} sized to the calibration rows: an input unlike them may get a wrong score"
+                                ),
+                                None => "not checked (published before the check)".into(),
+                            }
                         ),
                     ])
                 );
@@ -621,6 +638,9 @@ mod tests {
             mean_abs_error: None,
             calibration_rows: 341,
             log2_p_fail: -132.1,
+            log2_p_fail_sample: Some(-127.4),
+            outputs_per_score: 1,
+            accumulators_may_wrap: Some([0, 13]),
         }
     }
 

@@ -414,8 +414,10 @@ pub async fn requests(c: &Client, json: bool, cmd: RequestsCmd) -> Result<ExitCo
         }
     };
     match cmd {
-        RequestsCmd::List { status } => {
-            let list = c.list_requests(status.as_deref()).await?;
+        RequestsCmd::List { status, kind } => {
+            let list = c
+                .list_requests_of_kind(status.as_deref(), kind.as_deref())
+                .await?;
             if json {
                 return print_json(&list).map(|()| ExitCode::SUCCESS);
             }

@@ -32,6 +32,9 @@ struct FileConfig {
     require_signed_models: Option<bool>,
     model_limit: Option<usize>,
     validation_row_time_limit_ms: Option<u64>,
+    /// Accepted from files written for older nodes and ignored (with a warning): validations
+    /// no longer stop at a wall-clock limit after their charge.
+    validation_time_limit: Option<String>,
     fhe_time_limit: Option<String>,
     fhe_samples_per_day: Option<u32>,
     fhe_key_ttl: Option<String>,
@@ -121,6 +124,11 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
             bail!("--validation-row-time-limit-ms must be at least 1");
         }
         server.core.validation_row_time_limit = std::time::Duration::from_millis(ms);
+    }
+    if file.validation_time_limit.is_some() {
+        tracing::warn!(
+            "validation_time_limit is ignored: a charged validation is never cut short (use validation_row_time_limit_ms to bound models before the charge)"
+        );
     }
     if let Some(n) = args.fhe_samples_per_day.or(file.fhe_samples_per_day) {
         if n == 0 {

@@ -35,6 +35,9 @@ pub(crate) fn info_view(s: &FheSummary) -> FheInfoView {
         mean_abs_error: spec.fidelity.mean_abs_error,
         calibration_rows: s.calibration_rows,
         log2_p_fail: spec.log2_p_fail,
+        log2_p_fail_sample: spec.log2_p_fail_sample,
+        outputs_per_score: spec.outputs_per_score,
+        accumulators_may_wrap: spec.range_check.map(|r| [r.may_wrap, r.accumulators]),
     }
 }
 

@@ -364,9 +364,17 @@ pub(crate) async fn list_requests(
             ))
         })?),
     };
+    if let Some(k) = q.kind.as_deref()
+        && k != "validation"
+        && k != "query"
+    {
+        return Err(ApiError::invalid(format!(
+            "unknown kind {k:?}: use validation or query"
+        )));
+    }
     Ok(Json(
         s.core
-            .list_requests(&p, status)
+            .list_requests(&p, status, q.kind.as_deref())
             .await?
             .into_iter()
             .map(request_view)

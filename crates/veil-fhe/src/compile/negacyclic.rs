@@ -1154,6 +1154,7 @@ mod tests {
         };
         let opts = CompileOptions {
             bits: Some(3),
+            ranges: Some(vec![(0.0, 1.0); 2]),
             ..CompileOptions::default()
         };
         let c = negacyclic_network(&net, &grid(), &opts, &[usize::MAX], true)
@@ -1196,9 +1197,11 @@ mod tests {
     /// Compiles `net` on the 3-bit grid in one candidate (all outputs in one sum, refined
     /// weights tried) and checks its structure and noise.
     fn compile_on_grid(net: &Network) -> (CompiledModel, CompileOptions) {
+        // The grid's own range, declared: the inputs' levels are then exactly the grid's.
         let opts = CompileOptions {
             bits: Some(3),
             outputs: super::super::Outputs::PartialSums,
+            ranges: Some(vec![(0.0, 1.0); 2]),
             ..CompileOptions::default()
         };
         let c = negacyclic_network(net, &grid(), &opts, &[usize::MAX], true)

@@ -149,6 +149,17 @@ impl Graph {
     }
 }
 
+/// A `width`×`width` matrix whose rows sum to about 1, with entries that vary (a uniform matrix
+/// lets the planner replace a product by a sum, which would not cost what it claims).
+fn mixing_matrix(width: usize) -> Vec<f32> {
+    (0..width * width)
+        .map(|i| {
+            let v = (i.wrapping_mul(2_654_435_761) % 1_000) as f32 / 1_000.0;
+            (0.5 + v) / width as f32
+        })
+        .collect()
+}
+
 /// Two class scores `[s, -s]` per row from a `[?, 1]` score `s` broadcast over the rows of
 /// `x`: class 0 where `s > 0`, class 1 where `s < 0`.
 fn two_scores(g: &mut Graph, rows_like: &str, s: &str) -> String {
@@ -256,20 +267,73 @@ pub fn slow_on_target_regressor(
     let d2 = g.op("Mul", &[&d, &d], vec![]);
     let tiny = g.scalar(1e-39);
     let v = g.op("Add", &[&d2, &tiny], vec![]);
-    let spread = g.floats(&[1, width as i64], vec![1.0; width]);
+    let spread: Vec<f32> = (0..width).map(|i| 1.0 + (i % 7) as f32 / 7.0).collect();
+    let spread = g.floats(&[1, width as i64], spread);
     let mut h = g.op("MatMul", &[&v, &spread], vec![]);
     for _ in 0..layers {
-        let w = g.floats(
-            &[width as i64, width as i64],
-            vec![1.0 / width as f32; width * width],
-        );
+        let w = g.floats(&[width as i64, width as i64], mixing_matrix(width));
         h = g.op("MatMul", &[&h, &w], vec![]);
     }
     let axes = g.ints(&[1], vec![1]);
     let sum = g.op("ReduceSum", &[&h, &axes], vec![int_attr("keepdims", 1)]);
-    let zero = g.scalar(0.0);
-    let nothing = g.op("Mul", &[&sum, &zero], vec![]);
+    // Not a multiplication by zero, which the planner would fold away with the chain.
+    let tiny = g.scalar(1e-30);
+    let nothing = g.op("Mul", &[&sum, &tiny], vec![]);
     let base = g.scalar(500.0);
     let out = g.op("Add", &[&nothing, &base], vec![]);
+    g.finish(&out, &[None, Some(1)])
+}
+
+/// Fast on every row but the target's, and slow there: a lookup that fails (ends the run at
+/// once) unless `feature` is 0 or `target`, then a chain of `layers` `width`×`width` products
+/// of the looked-up value. Synthetic rows all fail in microseconds; only the target's row pays
+/// for the chain. Its output is 500 for every row that gets through.
+pub fn fast_unless_target_regressor(
+    features: usize,
+    feature: usize,
+    target: f32,
+    width: usize,
+    layers: usize,
+) -> Vec<u8> {
+    let mut g = Graph::new(features);
+    let x0 = g.feature(feature);
+    let t = g.scalar(target);
+    let d = g.op("Sub", &[&x0, &t], vec![]);
+    let p = g.op("Mul", &[&x0, &d], vec![]);
+    let a = g.op("Abs", &[&p], vec![]);
+    let big = g.scalar(1e6);
+    let scaled = g.op("Mul", &[&a, &big], vec![]);
+    let idx = g.op("Cast", &[&scaled], vec![int_attr("to", i64::from(INT64))]);
+    let flat_shape = g.ints(&[1], vec![-1]);
+    let idx = g.op("Reshape", &[&idx, &flat_shape], vec![]);
+    let table = g.floats(&[1, 1], vec![1.0]);
+    let looked_up = g.op("Gather", &[&table, &idx], vec![int_attr("axis", 0)]);
+    let spread: Vec<f32> = (0..width).map(|i| 1.0 + (i % 7) as f32 / 7.0).collect();
+    let spread = g.floats(&[1, width as i64], spread);
+    let mut h = g.op("MatMul", &[&looked_up, &spread], vec![]);
+    let w = g.floats(&[width as i64, width as i64], mixing_matrix(width));
+    for _ in 0..layers {
+        h = g.op("MatMul", &[&h, &w], vec![]);
+    }
+    let axes = g.ints(&[1], vec![1]);
+    let sum = g.op("ReduceSum", &[&h, &axes], vec![int_attr("keepdims", 1)]);
+    // Not a multiplication by zero, which the planner would fold away with the chain.
+    let tiny = g.scalar(1e-30);
+    let nothing = g.op("Mul", &[&sum, &tiny], vec![]);
+    let base = g.scalar(500.0);
+    let out = g.op("Add", &[&nothing, &base], vec![]);
+    g.finish(&out, &[None, Some(1)])
+}
+
+/// A small file whose row doubles `doublings` times (`Concat(h, h)`): 2^doublings values per
+/// row, enough to exhaust the node's memory if it were run.
+pub fn doubling_regressor(features: usize, doublings: usize) -> Vec<u8> {
+    let mut g = Graph::new(features);
+    let mut h = g.feature(0);
+    for _ in 0..doublings {
+        h = g.op("Concat", &[&h, &h], vec![int_attr("axis", 1)]);
+    }
+    let axes = g.ints(&[1], vec![1]);
+    let out = g.op("ReduceSum", &[&h, &axes], vec![int_attr("keepdims", 1)]);
     g.finish(&out, &[None, Some(1)])
 }
