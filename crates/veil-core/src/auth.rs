@@ -47,7 +47,8 @@ pub(crate) const ANONYMOUS: &str = "anonymous";
 pub(crate) const SYSTEM: &str = "system";
 
 impl Core {
-    /// Prepares the store for use: writes the preset roles as defined by this version.
+    /// Prepares the store for use: writes the preset roles as defined by this version and
+    /// ends the requests the node's last stop interrupted.
     pub async fn init(&self) -> Result<()> {
         let presets: Vec<NewRole> = PresetRole::ALL
             .iter()
@@ -58,6 +59,11 @@ impl Core {
             })
             .collect();
         self.store.sync_preset_roles(&presets).await?;
+        // A store that cannot end them now is asked again at the next start; the node still
+        // starts.
+        if let Err(e) = self.end_interrupted_requests().await {
+            tracing::error!(error = %e, "could not end the requests the last stop interrupted");
+        }
         Ok(())
     }
 

@@ -15,6 +15,7 @@ mod clock;
 mod datasets;
 pub mod error;
 mod fhe;
+mod model_pool;
 mod models;
 mod password_policy;
 mod principal;
@@ -131,13 +132,13 @@ pub struct Core {
     fhe_limiter: rate_limit::RateLimiter,
     hashing: Semaphore,
     /// Runs models; its threads belong to it alone.
-    model_pool: Arc<rayon::ThreadPool>,
+    model_pool: Arc<model_pool::ModelPool>,
     /// Runs encrypted inference; its threads belong to it alone.
     fhe_pool: Arc<rayon::ThreadPool>,
     evaluators: fhe::EvaluatorCache,
 }
 
-fn worker_pool(threads: usize, name: &'static str) -> rayon::ThreadPool {
+pub(crate) fn worker_pool(threads: usize, name: &'static str) -> rayon::ThreadPool {
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads.max(1))
         .thread_name(move |i| format!("veil-{name}-{i}"))
@@ -167,7 +168,7 @@ impl Core {
             login_limiter: rate_limit::RateLimiter::new(settings.login_rate_limit.clone()),
             fhe_limiter: rate_limit::RateLimiter::new(settings.fhe_rate_limit.clone()),
             hashing: Semaphore::new(settings.password_hash_concurrency.max(1)),
-            model_pool: Arc::new(worker_pool(settings.model_threads, "model")),
+            model_pool: Arc::new(model_pool::ModelPool::new(settings.model_threads)),
             fhe_pool: Arc::new(worker_pool(settings.fhe_threads, "fhe")),
             evaluators: fhe::EvaluatorCache::default(),
             store,
@@ -194,12 +195,7 @@ impl Core {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.model_pool.spawn(move || {
-            let _ = tx.send(f());
-        });
-        rx.await
-            .map_err(|_| CoreError::Internal("a model worker job was interrupted".into()))
+        self.model_pool.run(f).await
     }
 
     /// Runs a CPU-heavy password operation off the async workers, a few at a time.

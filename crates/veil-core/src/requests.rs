@@ -8,10 +8,10 @@
 //! worker pool, each row alone, and release the metrics through the DP engine. After the
 //! charge nothing cuts the run short: no time limit (the node's limit applies per row,
 //! before the charge), no failing row, no closed connection; its outcome is the release or
-//! the one fixed failure of [`crate::charged`]. Its duration is padded to the rows' time
-//! allowances, fixed before the charge, so it shows how many rows there were but not what
-//! they hold. The request records every step; requesters
-//! see only their own requests.
+//! the one fixed failure of [`crate::charged`]. Its duration, and how long it holds its
+//! worker threads, is padded to an end computed from the release alone (see
+//! [`PreparedValidation::run`]), so neither shows what the rows hold nor exactly how many
+//! there are. The request records every step; requesters see only their own requests.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,13 +31,15 @@ use veil_types::{DatasetName, Delta, Epsilon, Permission};
 use crate::budgets::Spend;
 use crate::charged::{CHARGED_FAILURE, Charged, after_charge};
 use crate::error::{Conflict, NotFound};
+use crate::model_pool::{ModelPool, Spawner};
 use crate::{Core, CoreError, Principal, Result};
 
 /// The kind of request a validation is.
 const VALIDATION: &str = "validation";
 
-/// Batches a validation run may have in flight on the pool (bounds memory).
-const IN_FLIGHT: usize = 4;
+/// Most model-pool workers one validation run reserves (each has one batch in flight, which
+/// also bounds memory).
+const MAX_VALIDATION_WORKERS: usize = 4;
 
 /// What a data scientist asks for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,7 +61,8 @@ pub struct ValidationRequest {
 struct Params {
     model: String,
     version: u32,
-    /// SHA-256 of the model file the request names (what a reviewer approves).
+    /// SHA-256 of the model file the request names (what a reviewer approves). Requests
+    /// filed before files were pinned have none and must be filed again.
     #[serde(default)]
     model_sha256: Option<String>,
     dataset: String,
@@ -88,7 +91,10 @@ fn task_for(
             features.len()
         )));
     }
-    for f in features {
+    for (i, f) in features.iter().enumerate() {
+        if features[..i].contains(f) {
+            return Err(invalid(format!("feature {f} is listed twice")));
+        }
         let c = manifest
             .column(f)
             .ok_or_else(|| invalid(format!("the dataset has no column {f:?}")))?;
@@ -253,6 +259,9 @@ impl Core {
                 "give a reason of 1 to 1000 characters".into(),
             ));
         }
+        // Only what the reviewer may see (a query's record is its requester's alone): anything
+        // else is "no such request", not its status.
+        self.get_request(p, id).await?;
         self.transition(p, id, RequestStatus::Denied, Some(reason.to_string()))
             .await
     }
@@ -298,6 +307,61 @@ impl Core {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Ends the requests a previous run of the node left `approved` or `running` (it stopped
+    /// mid-run), so none waits forever: as the one charged failure if its cost had been
+    /// charged (a query always had; a validation if the ledger holds its charge), otherwise
+    /// as failed with nothing charged. When it happens is the node's restart, which does not
+    /// depend on any rows. Assumes this node is the only one serving its store (true today).
+    pub(crate) async fn end_interrupted_requests(&self) -> Result<usize> {
+        let mut ended = 0;
+        for status in [RequestStatus::Approved, RequestStatus::Running] {
+            for r in self
+                .store
+                .list_requests(None, Some(status), None, 100_000)
+                .await?
+            {
+                let reference = format!("request:{}", r.id);
+                let charged = r.kind != VALIDATION
+                    || self
+                        .store
+                        .list_ledger(r.requester_id, 100_000)
+                        .await?
+                        .iter()
+                        .any(|e| e.reference == reference);
+                let reason = if charged {
+                    CHARGED_FAILURE
+                } else {
+                    "the node restarted before this request ran; nothing was charged"
+                };
+                let ended_one = self
+                    .store
+                    .transition_request(
+                        r.id,
+                        &RequestTransition {
+                            from: vec![status],
+                            to: RequestStatus::Failed,
+                            reason: Some(reason.into()),
+                            result: None,
+                            reviewer: None,
+                        },
+                        NewAuditEntry::new(crate::auth::SYSTEM, "request.failed", reference)
+                            .details(json!({"reason": reason, "interrupted": true})),
+                    )
+                    .await;
+                match ended_one {
+                    Ok(_) => ended += 1,
+                    Err(e) => {
+                        tracing::error!(request = r.id, error = %e, "could not end an interrupted request");
+                    }
+                }
+            }
+        }
+        if ended > 0 {
+            tracing::warn!(ended, "ended requests interrupted by the node's last stop");
+        }
+        Ok(ended)
     }
 
     /// The caller's requests of `kind` (any if `None`). Reviewers see everyone's
@@ -463,15 +527,9 @@ impl Core {
             .get_model(&params.model, Some(params.version))
             .await?
             .ok_or_else(|| invalid("the model version was deleted"))?;
-        if params
-            .model_sha256
-            .as_deref()
-            .is_some_and(|pinned| !veil_crypto::ct_eq(pinned.as_bytes(), model.sha256.as_bytes()))
-        {
-            return Err(invalid(
-                "the model version was replaced since the request was filed; file it again",
-            ));
-        }
+        let replaced =
+            || invalid("the model version was replaced since the request was filed; file it again");
+        let pinned = params.model_sha256.as_deref().ok_or_else(replaced)?;
         let dataset = self
             .store
             .get_dataset(&params.dataset)
@@ -509,6 +567,13 @@ impl Core {
             )
             .await
             .map_err(|e| CoreError::Internal(e.to_string()))?;
+        // The bytes that will run are the bytes the request names (and a reviewer approved).
+        if !veil_crypto::ct_eq(
+            pinned.as_bytes(),
+            veil_crypto::sha256_hex(&bytes).as_bytes(),
+        ) {
+            return Err(replaced());
+        }
         let probe = probe_rows(&manifest, &params.features, PROBE_ROWS);
         let loaded_summary = summary.clone();
         let (model_run, probed) = self
@@ -539,6 +604,21 @@ impl Core {
                 limit.as_secs_f64() * 1e3
             )));
         }
+        let workers = MAX_VALIDATION_WORKERS.min(self.model_pool.size());
+        let padding = Padding {
+            row_time,
+            workers,
+            features: params.features.len(),
+        };
+        let margin = padding.for_rows(costed.rows_margin());
+        if margin > MAX_PADDING_MARGIN {
+            return Err(invalid(format!(
+                "at ε = {} this run would be padded by up to {:.0} s beyond its rows (the margin on its noisy row count, which ends it); this node allows {} s: ask for a larger ε or use a faster model",
+                params.epsilon,
+                margin.as_secs_f64(),
+                MAX_PADDING_MARGIN.as_secs()
+            )));
+        }
         let classes = match &costed.task {
             Task::Classification { classes } => Some(ClassMap::new(
                 classes,
@@ -561,7 +641,8 @@ impl Core {
                 opens: None,
             },
             model: Arc::new(model_run),
-            row_time,
+            padding,
+            dataset_rows: dataset.rows,
             classes: classes.map(Arc::new),
             costed,
             file_id: dataset.file_id,
@@ -582,6 +663,49 @@ const PROBE_ROWS: usize = 32;
 const SLOWEST_OPS_PER_SECOND: f64 = 50_000_000.0;
 /// What running one row costs beyond its operations (the run's own bookkeeping).
 const ROW_OVERHEAD: std::time::Duration = std::time::Duration::from_micros(20);
+/// What reading one row costs the scan (decryption, decoding, the per-unit bounding sort),
+/// which runs beside the workers; generous, as the scan's speed can depend on the values.
+const SCAN_ROW_TIME: std::time::Duration = std::time::Duration::from_micros(10);
+/// What the scan costs per feature value of a row (decoding, casting, copying), on top.
+const SCAN_VALUE_TIME: std::time::Duration = std::time::Duration::from_nanos(50);
+/// What a run costs whatever its rows: opening the file, planning the scan, the release.
+const FIXED_RUN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+/// Longest padding a run may get beyond its rows (from the margin on its noisy row count).
+const MAX_PADDING_MARGIN: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// How long a validation run is allowed for a number of rows, fixed before the charge.
+#[derive(Debug, Clone, Copy)]
+struct Padding {
+    /// Each row's model time (see [`row_time`]).
+    row_time: std::time::Duration,
+    /// Workers reserved for the run.
+    workers: usize,
+    /// Feature values read per row.
+    features: usize,
+}
+
+impl Padding {
+    /// Time for `rows` rows: their model time spread over the workers, plus the scan's.
+    fn for_rows(self, rows: f64) -> std::time::Duration {
+        let scan =
+            SCAN_ROW_TIME.as_secs_f64() + SCAN_VALUE_TIME.as_secs_f64() * self.features as f64;
+        let per_row = self.row_time.as_secs_f64() / self.workers.max(1) as f64 + scan;
+        // Saturates (about 584 years) instead of panicking on absurd inputs.
+        std::time::Duration::try_from_secs_f64(rows.max(0.0) * per_row)
+            .unwrap_or(std::time::Duration::MAX)
+    }
+
+    /// How long after its start a run of at most `rows_at_most` rows ends: the fixed cost,
+    /// the rows, and a last chunk scored by one worker while the others have nothing left.
+    fn run_time(self, rows_at_most: f64) -> std::time::Duration {
+        let last_chunk = self
+            .row_time
+            .saturating_mul(u32::try_from(CHUNK_ROWS).unwrap_or(u32::MAX));
+        FIXED_RUN_TIME
+            .saturating_add(self.for_rows(rows_at_most))
+            .saturating_add(last_chunk)
+    }
+}
 
 /// The time one row is allowed, fixed before the charge from public quantities only: the
 /// larger of the model's static work bound at [`SLOWEST_OPS_PER_SECOND`] and four times its
@@ -647,9 +771,9 @@ fn validation_result(released: &ReleasedValidation) -> String {
 struct PreparedValidation {
     spend: Spend,
     model: Arc<Model>,
-    /// Each row's time allowance (see [`row_time`]): the run ends no sooner than the rows'
-    /// allowances spread over the pool's threads.
-    row_time: std::time::Duration,
+    padding: Padding,
+    /// The dataset's size, used only to draw a noisy bound when a run ends without a release.
+    dataset_rows: u64,
     classes: Option<Arc<ClassMap>>,
     costed: CostedValidation,
     file_id: String,
@@ -660,16 +784,64 @@ struct PreparedValidation {
 }
 
 impl PreparedValidation {
-    /// Scores every row (each alone, on the model pool) and releases the metrics. Runs after
-    /// the charge, inside [`after_charge`]: its error text is for the log only.
+    /// Runs the validation, after the charge, and ends it at a time computed from its
+    /// release alone.
+    ///
+    /// A model can be slow on one row's values (a path it only takes there), and a scan's
+    /// length shows how many rows there are; neither may show, in the run's end or in how
+    /// long its threads stay busy. So the run reserves its workers (held until its end,
+    /// busy or not), scores and releases, and ends at `start + padding.run_time(bound)`,
+    /// where `bound` is the release's noisy row total plus a margin that covers the true
+    /// count except with probability [`veil_dp::validation::ROWS_BOUND_MISS`]:
+    /// post-processing of the release. A run that fails (a bug) ends at a bound drawn the
+    /// same way from the dataset's size. A run that takes longer than its end (rows beyond
+    /// their static cost bound, or a machine far busier than the bound assumes) ends late,
+    /// and the operators' log says so.
     async fn run(
         self,
         datasets: Arc<veil_datasets::Storage>,
-        pool: Arc<rayon::ThreadPool>,
+        pool: Arc<ModelPool>,
     ) -> std::result::Result<ReleasedValidation, String> {
+        // Waiting for workers depends on other requests, not on these rows.
+        let reservation = pool
+            .reserve(self.padding.workers)
+            .await
+            .map_err(|e| e.to_string())?;
         let started = Instant::now();
-        let threads = pool.current_num_threads().max(1) as u32;
-        let mut rows = 0u64;
+        let (padding, dataset_rows, costed) =
+            (self.padding, self.dataset_rows, self.costed.clone());
+        // On its own task so that even a panic ends at the padded time.
+        let outcome = tokio::spawn(self.score_and_release(datasets, reservation.spawner())).await;
+        let rows_at_most = match &outcome {
+            Ok(Ok(released)) => released.rows_at_most(),
+            _ => costed.noisy_rows_at_most(dataset_rows).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "no noisy row bound for a failed validation");
+                costed.rows_margin()
+            }),
+        };
+        let allowed = padding.run_time(rows_at_most);
+        let end = started
+            .checked_add(allowed)
+            .unwrap_or_else(|| started + std::time::Duration::from_secs(365 * 24 * 3600));
+        let elapsed = started.elapsed();
+        if elapsed > allowed {
+            tracing::warn!(
+                allowed_ms = allowed.as_millis() as u64,
+                elapsed_ms = elapsed.as_millis() as u64,
+                "a validation ran past its padded end; its end showed its real duration"
+            );
+        }
+        tokio::time::sleep_until(tokio::time::Instant::from_std(end)).await;
+        drop(reservation);
+        outcome.map_err(|e| format!("the validation task ended abnormally: {e}"))?
+    }
+
+    /// Scores every row (each alone, on the reserved workers) and releases the metrics.
+    async fn score_and_release(
+        self,
+        datasets: Arc<veil_datasets::Storage>,
+        workers: Spawner,
+    ) -> std::result::Result<ReleasedValidation, String> {
         let mut scan = datasets
             .scan(
                 &self.file_id,
@@ -682,27 +854,44 @@ impl PreparedValidation {
             .map_err(|e| e.to_string())?;
         let mut total = ExactValidation::new(&self.costed);
         let mut in_flight = std::collections::VecDeque::new();
+        // Scanned batches (up to thousands of rows) are scored in chunks, so that every
+        // worker has rows to score however few there are.
+        let mut chunks = std::collections::VecDeque::new();
         let mut scan_done = false;
         loop {
-            while !scan_done && in_flight.len() < IN_FLIGHT {
-                match scan.next().await {
-                    None => scan_done = true,
-                    Some(batch) => {
-                        let batch = batch.map_err(|e| e.to_string())?;
-                        rows += batch.rows as u64;
-                        let (model, classes, costed) = (
-                            self.model.clone(),
-                            self.classes.clone(),
-                            self.costed.clone(),
-                        );
-                        let (tx, rx) = tokio::sync::oneshot::channel();
-                        pool.spawn(move || {
-                            let _ =
-                                tx.send(score_batch(&model, classes.as_deref(), &costed, &batch));
-                        });
-                        in_flight.push_back(rx);
+            while in_flight.len() < workers.workers() {
+                let Some((batch, rows)) = chunks.pop_front() else {
+                    if scan_done {
+                        break;
                     }
-                }
+                    match scan.next().await {
+                        None => scan_done = true,
+                        Some(batch) => {
+                            let batch = Arc::new(batch.map_err(|e| e.to_string())?);
+                            for start in (0..batch.rows).step_by(CHUNK_ROWS) {
+                                let end = (start + CHUNK_ROWS).min(batch.rows);
+                                chunks.push_back((Arc::clone(&batch), start..end));
+                            }
+                        }
+                    }
+                    continue;
+                };
+                let (model, classes, costed) = (
+                    self.model.clone(),
+                    self.classes.clone(),
+                    self.costed.clone(),
+                );
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                workers.spawn(move || {
+                    let _ = tx.send(score_rows(
+                        &model,
+                        classes.as_deref(),
+                        &costed,
+                        &batch,
+                        rows,
+                    ));
+                });
+                in_flight.push_back(rx);
             }
             let Some(next) = in_flight.pop_front() else {
                 break;
@@ -712,24 +901,6 @@ impl PreparedValidation {
                 .map_err(|_| "a scoring job stopped without a result".to_string())??;
             total.merge(&partial);
         }
-        // How long the run took must not depend on what the rows hold: a model can be slow on
-        // one row's values (a path it only takes there). Every row gets its allowance, and the
-        // run ends when they add up, so only the number of rows shows in its duration (as it
-        // does in the released counts); the real time goes to the operators' log.
-        let allowance = self
-            .row_time
-            .saturating_mul(u32::try_from(rows).unwrap_or(u32::MAX))
-            / threads;
-        let elapsed = started.elapsed();
-        if elapsed > allowance {
-            tracing::warn!(
-                rows,
-                allowance_ms = allowance.as_millis() as u64,
-                elapsed_ms = elapsed.as_millis() as u64,
-                "a validation ran past its rows' time allowance"
-            );
-        }
-        tokio::time::sleep_until(tokio::time::Instant::from_std(started + allowance)).await;
         let costed = self.costed;
         tokio::task::spawn_blocking(move || {
             let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
@@ -741,24 +912,28 @@ impl PreparedValidation {
     }
 }
 
-/// Runs the model on each row of a batch, alone, and tallies it (on a model-pool thread).
+/// Rows a worker scores in one job.
+const CHUNK_ROWS: usize = 256;
+
+/// Runs the model on each of a batch's `rows`, alone, and tallies them (on a model-pool
+/// thread).
 ///
 /// Whether the model fails on a row may depend on that row (a model can be built to fail on
 /// one value), so a failure neither ends the run nor reaches the requester: the row counts
 /// as a prediction outside the classes ("(other)") or, for a regressor, as NaN (clipped to
 /// the label's lower bound). What kind of prediction is expected comes from the task, fixed
 /// before the charge, never from the rows.
-fn score_batch(
+fn score_rows(
     model: &Model,
     classes: Option<&ClassMap>,
     costed: &CostedValidation,
     batch: &veil_datasets::ScanBatch,
+    rows: std::ops::Range<usize>,
 ) -> std::result::Result<ExactValidation, String> {
     let mut exact = ExactValidation::new(costed);
-    let rows = batch
-        .features
-        .chunks(model.n_features().max(1))
-        .take(batch.rows);
+    let width = model.n_features().max(1);
+    let first = rows.start;
+    let rows = batch.features.chunks(width).skip(first).take(rows.len());
     let classify =
         |exact: &mut ExactValidation, row: &[f32], truth: Option<usize>, map: &ClassMap| {
             if let Some(t) = truth {
@@ -768,17 +943,17 @@ fn score_batch(
         };
     match (classes, &batch.labels) {
         (Some(map), veil_datasets::Labels::Text(labels)) => {
-            for (row, l) in rows.zip(labels) {
+            for (row, l) in rows.zip(labels.iter().skip(first)) {
                 classify(&mut exact, row, map.truth(l), map);
             }
         }
         (Some(map), veil_datasets::Labels::Numbers(values)) => {
-            for (row, v) in rows.zip(values) {
+            for (row, v) in rows.zip(values.iter().skip(first)) {
                 classify(&mut exact, row, map.truth(&format!("{}", *v as i64)), map);
             }
         }
         (None, veil_datasets::Labels::Numbers(values)) => {
-            for (row, y) in rows.zip(values) {
+            for (row, y) in rows.zip(values.iter().skip(first)) {
                 let predicted = match model.predict_row(row) {
                     Ok(Output::Value(v)) => v,
                     _ => f64::NAN,

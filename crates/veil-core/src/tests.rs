@@ -523,3 +523,84 @@ async fn audit_verification_passes_on_an_untouched_log() {
     assert_eq!(page.entries.len(), 2);
     assert_eq!(page.next_after, Some(2));
 }
+
+/// A node that stopped mid-run leaves no request waiting forever: at the next start a charged
+/// one ends as the one charged failure, an uncharged one says nothing was charged.
+#[tokio::test]
+async fn requests_interrupted_by_a_stop_end_at_the_next_start() {
+    let n = node().await;
+    let ana = n.user("ana@lab.org", "data-scientist").await;
+    let owner = n.owner().await;
+    n.core
+        .set_budget(
+            &owner,
+            &UserRef::Email("ana@lab.org".into()),
+            None,
+            1.0,
+            0.0,
+        )
+        .await
+        .expect("set");
+    let store = n.core.store().clone();
+    let open = |kind: &str, status: veil_store::RequestStatus| veil_store::NewRequest {
+        kind: kind.into(),
+        requester_id: ana.user.id,
+        requester: "ana@lab.org".into(),
+        target: "model:m@1".into(),
+        dataset: None,
+        parameters: "{}".into(),
+        epsilon: Epsilon::cost_from_f64(0.1).expect("valid"),
+        delta: Delta::ZERO,
+        status,
+    };
+    let audit = || veil_store::NewAuditEntry::new("ana@lab.org", "request.create", "t");
+    let mut ids = Vec::new();
+    for (kind, status) in [
+        ("validation", veil_store::RequestStatus::Approved),
+        ("validation", veil_store::RequestStatus::Running),
+        ("validation", veil_store::RequestStatus::Running),
+        ("query", veil_store::RequestStatus::Running),
+    ] {
+        let r = store
+            .create_request(&open(kind, status), audit())
+            .await
+            .expect("request");
+        ids.push(r.id);
+    }
+    // The third had been charged.
+    n.core
+        .spend(
+            &ana,
+            &Spend {
+                dataset: None,
+                epsilon: Epsilon::cost_from_f64(0.1).expect("valid"),
+                delta: Delta::ZERO,
+                purpose: "validation".into(),
+                reference: format!("request:{}", ids[2]),
+                details: serde_json::json!({}),
+                opens: None,
+            },
+        )
+        .await
+        .expect("charge");
+
+    n.core.init().await.expect("restart");
+    let mut reasons = Vec::new();
+    for id in &ids {
+        let r = store.get_request(*id).await.expect("get").expect("exists");
+        assert_eq!(r.status, veil_store::RequestStatus::Failed);
+        reasons.push(r.reason.unwrap_or_default());
+    }
+    let uncharged = "the node restarted before this request ran; nothing was charged";
+    assert_eq!(
+        reasons,
+        [
+            uncharged,
+            uncharged,
+            crate::charged::CHARGED_FAILURE,
+            crate::charged::CHARGED_FAILURE
+        ]
+    );
+    // Nothing is left to end.
+    assert_eq!(n.core.end_interrupted_requests().await.expect("again"), 0);
+}

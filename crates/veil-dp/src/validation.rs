@@ -149,15 +149,28 @@ fn refusal(e: opendp::error::Error) -> Refusal {
     ))
 }
 
-fn laplace_scalar_map(scale: f64, sens: i64) -> Result<f64, Refusal> {
-    opendp::measurements::make_laplace::<_, _, opendp::measures::MaxDivergence>(
+/// OpenDP's discrete Laplace mechanism of `scale` on vectors of integers: the one mechanism
+/// validations release through.
+type IntegerLaplace = opendp::core::Measurement<
+    opendp::domains::VectorDomain<opendp::domains::AtomDomain<i64>>,
+    opendp::metrics::L1Distance<i64>,
+    opendp::measures::MaxDivergence,
+    Vec<i64>,
+>;
+
+fn integer_laplace(scale: f64) -> opendp::error::Fallible<IntegerLaplace> {
+    opendp::measurements::make_laplace(
         opendp::domains::VectorDomain::new(opendp::domains::AtomDomain::<i64>::default()),
         opendp::metrics::L1Distance::<i64>::default(),
         scale,
         None,
     )
-    .and_then(|m| m.map(&sens))
-    .map_err(refusal)
+}
+
+fn laplace_scalar_map(scale: f64, sens: i64) -> Result<f64, Refusal> {
+    integer_laplace(scale)
+        .and_then(|m| m.map(&sens))
+        .map_err(refusal)
 }
 
 /// Calibrates the noise of a validation and computes its cost.
@@ -245,6 +258,83 @@ pub fn cost_validation(
         fixed_sq,
         epsilon: spent.min(epsilon),
     })
+}
+
+/// The chance that a validation's rows bound ([`ReleasedValidation::rows_at_most`]) is below
+/// the number of rows the run scored, because the noise fell that far.
+pub const ROWS_BOUND_MISS: f64 = 1e-9;
+
+/// How far the sum of `terms` independent discrete Laplace noises of `scale` can fall below
+/// zero, except with probability [`ROWS_BOUND_MISS`]. A Chernoff bound with the noise's exact
+/// moment generating function (a discrete Laplace variable is the difference of two
+/// geometric ones): P(S ≤ −t) ≤ M(λ)^terms · e^(−λt) for every 0 < λ < 1/scale, so any λ on
+/// the grid gives a valid t and the smallest is kept.
+fn noise_margin(terms: usize, scale: f64) -> f64 {
+    let log_miss = -ROWS_BOUND_MISS.ln();
+    let inv = 1.0 / scale;
+    // 1 − q, 1 − q·e^λ and 1 − q·e^−λ with q = e^(−1/scale), kept accurate for large scales.
+    let one_minus_q = -(-inv).exp_m1();
+    (1..64)
+        .map(|i| {
+            let lambda = inv * f64::from(i) / 64.0;
+            let log_mgf = 2.0 * one_minus_q.ln()
+                - (-(lambda - inv).exp_m1()).ln()
+                - (-(-lambda - inv).exp_m1()).ln();
+            (terms as f64 * log_mgf + log_miss) / lambda
+        })
+        .filter(|t| t.is_finite())
+        .fold(f64::INFINITY, f64::min)
+        .max(0.0)
+        .ceil()
+}
+
+impl CostedValidation {
+    /// The noise on the release's total of rows: how many noise terms it sums, and their
+    /// scale (classification: every cell of the matrix; regression: the released count).
+    fn row_total_noise(&self) -> (usize, f64) {
+        match &self.task {
+            Task::Classification { classes } => {
+                (classes.len() * (classes.len() + 1), self.scales[0])
+            }
+            Task::Regression { .. } => {
+                let count = self.sums.iter().position(|s| *s == Sum::Count).unwrap_or(0);
+                (1, self.scales[count])
+            }
+        }
+    }
+
+    /// Rows added to a release's noisy total so that the sum bounds the true number of rows
+    /// except with probability [`ROWS_BOUND_MISS`]. Public: it depends on ε and the task only.
+    pub fn rows_margin(&self) -> f64 {
+        let (terms, scale) = self.row_total_noise();
+        noise_margin(terms, scale)
+    }
+
+    /// For a run that ended without a release (a bug): a bound on `rows` drawn exactly as a
+    /// release's [`ReleasedValidation::rows_at_most`] would be, so that when such a run ends
+    /// does not tell more than a release would.
+    pub fn noisy_rows_at_most(&self, rows: u64) -> Result<f64, crate::ReleaseError> {
+        let (terms, scale) = self.row_total_noise();
+        let mut values = vec![0i64; terms.max(1)];
+        values[0] = i64::try_from(rows).unwrap_or(i64::MAX);
+        let noisy = discrete_laplace(values, scale)?;
+        Ok(noisy.iter().map(|x| *x as f64).sum::<f64>() + self.rows_margin())
+    }
+}
+
+fn engine_error(e: opendp::error::Error) -> crate::ReleaseError {
+    crate::ReleaseError::Engine(format!(
+        "{:?}: {}",
+        e.variant,
+        e.message.unwrap_or_default()
+    ))
+}
+
+/// Discrete Laplace noise of `scale` on each value (OpenDP).
+fn discrete_laplace(values: Vec<i64>, scale: f64) -> Result<Vec<i64>, crate::ReleaseError> {
+    integer_laplace(scale)
+        .and_then(|m| m.invoke(&values))
+        .map_err(engine_error)
 }
 
 /// Exact validation results, filled row by row by the executor; readable only here.
@@ -347,6 +437,10 @@ pub struct NoisyConfusion {
 pub struct ReleasedValidation {
     metrics: Vec<MetricValue>,
     confusion: Option<NoisyConfusion>,
+    /// The noisy total of rows plus [`CostedValidation::rows_margin`]: post-processing of the
+    /// release, so anything derived from it (how long the run is padded to) is too.
+    #[serde(skip)]
+    rows_at_most: f64,
     epsilon: f64,
     mechanism: &'static str,
     noise_scales: Vec<f64>,
@@ -371,6 +465,11 @@ impl ReleasedValidation {
     }
     pub fn confidence(&self) -> f64 {
         self.confidence
+    }
+    /// A bound on the rows the run scored that holds except with probability
+    /// [`ROWS_BOUND_MISS`], computed from the release alone.
+    pub fn rows_at_most(&self) -> f64 {
+        self.rows_at_most
     }
 }
 
@@ -448,23 +547,8 @@ pub fn release_validation(
     exact: ExactValidation,
     rng: &mut impl Rng,
 ) -> Result<ReleasedValidation, crate::ReleaseError> {
-    let engine = |e: opendp::error::Error| {
-        crate::ReleaseError::Engine(format!(
-            "{:?}: {}",
-            e.variant,
-            e.message.unwrap_or_default()
-        ))
-    };
-    let noisy = |values: Vec<i64>, scale: f64| -> Result<Vec<i64>, crate::ReleaseError> {
-        opendp::measurements::make_laplace::<_, _, opendp::measures::MaxDivergence>(
-            opendp::domains::VectorDomain::new(opendp::domains::AtomDomain::<i64>::default()),
-            opendp::metrics::L1Distance::<i64>::default(),
-            scale,
-            None,
-        )
-        .and_then(|m| m.invoke(&values))
-        .map_err(engine)
-    };
+    let noisy = discrete_laplace;
+    let mut noisy_rows = 0.0;
     let alpha = 1.0 - c.confidence;
     let mut metrics = Vec::new();
     let mut confusion = None;
@@ -477,6 +561,7 @@ pub fn release_validation(
                 .into_iter()
                 .map(|x| x as f64)
                 .collect();
+            noisy_rows = released.iter().sum();
             let point = class_metrics(&released, k);
             let mut draws: [Vec<f64>; 4] = Default::default();
             // Intervals are only needed for the metrics asked for (the matrix has none).
@@ -519,7 +604,11 @@ pub fn release_validation(
         Task::Regression { .. } => {
             let mut released = Vec::new();
             for ((s, v), scale) in exact.sums.iter().zip(&c.scales) {
-                released.push((*s, noisy(vec![*v], *scale)?[0] as f64));
+                let value = noisy(vec![*v], *scale)?[0] as f64;
+                if *s == Sum::Count {
+                    noisy_rows = value;
+                }
+                released.push((*s, value));
             }
             let point = regression_metrics(&released, c.fixed, c.fixed_sq);
             let mut draws: [Vec<f64>; 3] = Default::default();
@@ -566,6 +655,7 @@ pub fn release_validation(
     Ok(ReleasedValidation {
         metrics,
         confusion,
+        rows_at_most: noisy_rows + c.rows_margin(),
         epsilon: c.epsilon,
         mechanism: "discrete_laplace",
         noise_scales,
@@ -628,6 +718,61 @@ mod tests {
         let m = r.confusion().expect("confusion");
         assert_eq!(m.predicted.last().map(String::as_str), Some("(other)"));
         assert!((m.cells[0][2] - 3.0).abs() < 5.0, "{:?}", m.cells);
+    }
+
+    #[test]
+    fn the_noise_margin_is_a_tail_bound_and_not_a_wild_one() {
+        // One discrete Laplace term of scale 1: P(X ≤ −t) = q^t / (1 + q), q = e^−1, is
+        // 1e-9 at t ≈ 20.4; the Chernoff bound must sit above that, and not far above.
+        let one = noise_margin(1, 1.0);
+        assert!((21.0..=30.0).contains(&one), "{one}");
+        // Sums of many terms: never below the exact tail of their sum's standard deviation
+        // at 6σ, never beyond 30σ; and noise of a negligible scale needs no margin.
+        for (terms, scale) in [(6, 2.0), (110, 10.0), (10_100, 1e4)] {
+            let sd = (terms as f64 * 2.0).sqrt() * scale;
+            let m = noise_margin(terms, scale);
+            assert!(
+                m > 6.0 * sd && m < 30.0 * sd,
+                "{terms} × {scale}: {m} vs σ {sd}"
+            );
+        }
+        assert!(noise_margin(6, 1e-9) <= 1.0);
+    }
+
+    #[test]
+    fn the_released_rows_bound_holds_and_is_drawn_alike_without_a_release() {
+        let c = cost_validation(
+            binary(),
+            vec![Metric::Accuracy],
+            0.5,
+            0.95,
+            &PrivacyUnit::Row,
+        )
+        .expect("cost");
+        let margin = c.rows_margin();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let (mut released, mut failed) = (Vec::new(), Vec::new());
+        for _ in 0..300 {
+            let mut e = ExactValidation::new(&c);
+            for i in 0..1_000 {
+                e.add_classified(i % 2, Some(i % 2));
+            }
+            let r = release_validation(&c, e, &mut rng).expect("release");
+            released.push(r.rows_at_most());
+            failed.push(c.noisy_rows_at_most(1_000).expect("noisy rows"));
+        }
+        for bounds in [&released, &failed] {
+            assert!(
+                bounds
+                    .iter()
+                    .all(|b| *b >= 1_000.0 && *b < 1_000.0 + 2.0 * margin),
+                "{bounds:?}"
+            );
+        }
+        // Same distribution either way: means within a few standard errors (σ of the sum of
+        // six terms of scale 2 is about 7).
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        assert!((mean(&released) - mean(&failed)).abs() < 3.0);
     }
 
     #[test]

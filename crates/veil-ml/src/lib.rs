@@ -9,6 +9,7 @@
 //! model's output for a row depends on that row only (see `runtime`); a plan is
 //! `Send + Sync` and may be shared by a worker pool.
 
+mod bounded;
 mod inspect;
 pub mod labels;
 mod ops;

@@ -337,3 +337,248 @@ pub fn doubling_regressor(features: usize, doublings: usize) -> Vec<u8> {
     let out = g.op("ReduceSum", &[&h, &axes], vec![int_attr("keepdims", 1)]);
     g.finish(&out, &[None, Some(1)])
 }
+
+/// One node of a hand-written tree: a branch on `feature` (`mode` is an ONNX-ML node mode
+/// such as `BRANCH_LEQ`) to `yes`/`no`, or a leaf (`mode` `LEAF`).
+pub struct TreeNode {
+    pub tree: i64,
+    pub id: i64,
+    pub mode: &'static str,
+    pub feature: i64,
+    pub value: f32,
+    pub yes: i64,
+    pub no: i64,
+}
+
+impl TreeNode {
+    pub fn branch(
+        tree: i64,
+        id: i64,
+        mode: &'static str,
+        feature: i64,
+        value: f32,
+        yes: i64,
+        no: i64,
+    ) -> Self {
+        Self {
+            tree,
+            id,
+            mode,
+            feature,
+            value,
+            yes,
+            no,
+        }
+    }
+
+    pub fn leaf(tree: i64, id: i64) -> Self {
+        Self {
+            tree,
+            id,
+            mode: "LEAF",
+            feature: 0,
+            value: 0.0,
+            yes: 0,
+            no: 0,
+        }
+    }
+}
+
+/// A vote of a tree's leaf: (tree, leaf, class, weight).
+pub type Vote = (i64, i64, i64, f32);
+
+/// A `TreeEnsembleClassifier` over `x: float[N, features]` with classes `0..classes`, as
+/// scikit-learn exports one (a label and a probability output), built from `nodes` and
+/// `votes` (tree, leaf, class, weight) exactly as given: nothing is checked here.
+pub fn tree_classifier(
+    features: usize,
+    classes: i64,
+    nodes: &[TreeNode],
+    votes: &[Vote],
+) -> Vec<u8> {
+    TreeModel::new(features, classes, nodes, votes).build()
+}
+
+/// A tree-ensemble model with the variations hostile tests need.
+pub struct TreeModel<'a> {
+    pub features: usize,
+    pub classes: i64,
+    pub nodes: &'a [TreeNode],
+    pub votes: &'a [Vote],
+    /// Class labels as strings (`"c0"`, `"c1"`, …) instead of integers.
+    pub string_labels: bool,
+    /// Feed the trees this many copies of the row (stacked on the batch axis), then keep the
+    /// largest score per class: one row walks the trees `copies` times.
+    pub copies: usize,
+    /// Emit the label cast to a float instead of the label (parses a string label).
+    pub label_as_float: bool,
+    /// Extra attributes put on the tree node as they are (e.g. a malformed one).
+    pub extra: Vec<pb::AttributeProto>,
+}
+
+impl<'a> TreeModel<'a> {
+    pub fn new(features: usize, classes: i64, nodes: &'a [TreeNode], votes: &'a [Vote]) -> Self {
+        Self {
+            features,
+            classes,
+            nodes,
+            votes,
+            string_labels: false,
+            copies: 1,
+            label_as_float: false,
+            extra: Vec::new(),
+        }
+    }
+
+    pub fn build(&self) -> Vec<u8> {
+        let nodes = self.nodes;
+        let votes = self.votes;
+        let ints = |name: &str, f: &dyn Fn(&TreeNode) -> i64| {
+            ints_attr(name, &nodes.iter().map(f).collect::<Vec<_>>())
+        };
+        let floats = |name: &str, v: Vec<f32>| pb::AttributeProto {
+            name: name.into(),
+            r#type: 6,
+            floats: v,
+            ..Default::default()
+        };
+        let strings = |name: &str, v: Vec<Vec<u8>>| pb::AttributeProto {
+            name: name.into(),
+            r#type: 8,
+            strings: v,
+            ..Default::default()
+        };
+        let labels = if self.string_labels {
+            strings(
+                "classlabels_strings",
+                (0..self.classes)
+                    .map(|c| format!("c{c}").into_bytes())
+                    .collect(),
+            )
+        } else {
+            ints_attr("classlabels_int64s", &(0..self.classes).collect::<Vec<_>>())
+        };
+        let mut attribute = vec![
+            ints("nodes_treeids", &|n| n.tree),
+            ints("nodes_nodeids", &|n| n.id),
+            ints("nodes_featureids", &|n| n.feature),
+            ints("nodes_truenodeids", &|n| n.yes),
+            ints("nodes_falsenodeids", &|n| n.no),
+            strings(
+                "nodes_modes",
+                nodes.iter().map(|n| n.mode.as_bytes().to_vec()).collect(),
+            ),
+            floats("nodes_values", nodes.iter().map(|n| n.value).collect()),
+            ints_attr(
+                "class_treeids",
+                &votes.iter().map(|v| v.0).collect::<Vec<_>>(),
+            ),
+            ints_attr(
+                "class_nodeids",
+                &votes.iter().map(|v| v.1).collect::<Vec<_>>(),
+            ),
+            ints_attr("class_ids", &votes.iter().map(|v| v.2).collect::<Vec<_>>()),
+            floats("class_weights", votes.iter().map(|v| v.3).collect()),
+            labels,
+            pb::AttributeProto {
+                name: "post_transform".into(),
+                r#type: 3,
+                s: b"NONE".to_vec(),
+                ..Default::default()
+            },
+        ];
+        for extra in &self.extra {
+            attribute.retain(|a| a.name != extra.name);
+            attribute.push(extra.clone());
+        }
+        let mut graph_nodes = Vec::new();
+        let node =
+            |inputs: &[&str], outputs: &[&str], op: &str, domain: &str, attribute| pb::NodeProto {
+                input: inputs.iter().map(|s| s.to_string()).collect(),
+                output: outputs.iter().map(|s| s.to_string()).collect(),
+                name: outputs[0].to_string(),
+                op_type: op.into(),
+                domain: domain.into(),
+                attribute,
+                ..Default::default()
+            };
+        let tree_input = if self.copies > 1 {
+            let copies = vec!["x"; self.copies];
+            graph_nodes.push(node(
+                &copies,
+                &["xs"],
+                "Concat",
+                "",
+                vec![int_attr("axis", 0)],
+            ));
+            "xs"
+        } else {
+            "x"
+        };
+        graph_nodes.push(node(
+            &[tree_input],
+            &["label", "probabilities"],
+            "TreeEnsembleClassifier",
+            "ai.onnx.ml",
+            attribute,
+        ));
+        let label_type = if self.string_labels { 8 } else { INT64 };
+        let outputs = if self.copies > 1 {
+            graph_nodes.push(node(
+                &["probabilities"],
+                &["scores"],
+                "ReduceMax",
+                "",
+                vec![ints_attr("axes", &[0]), int_attr("keepdims", 1)],
+            ));
+            vec![value_info("scores", FLOAT, &[None, Some(self.classes)])]
+        } else if self.label_as_float {
+            graph_nodes.push(node(
+                &["label"],
+                &["label_value"],
+                "Cast",
+                "",
+                vec![int_attr("to", i64::from(FLOAT))],
+            ));
+            vec![value_info("label_value", FLOAT, &[None])]
+        } else {
+            vec![
+                value_info("label", label_type, &[None]),
+                value_info("probabilities", FLOAT, &[None, Some(self.classes)]),
+            ]
+        };
+        pb::ModelProto {
+            ir_version: 8,
+            producer_name: "veil-hostile".into(),
+            opset_import: vec![
+                pb::OperatorSetIdProto {
+                    domain: String::new(),
+                    version: 13,
+                },
+                pb::OperatorSetIdProto {
+                    domain: "ai.onnx.ml".into(),
+                    version: 1,
+                },
+            ],
+            graph: Some(pb::GraphProto {
+                name: "hostile-trees".into(),
+                node: graph_nodes,
+                input: vec![value_info("x", FLOAT, &[None, Some(self.features as i64)])],
+                output: outputs,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+}
+
+/// A regressor that casts its first feature to a string and back: string work depends on the
+/// value's text, which no static shape bounds.
+pub fn string_cast_regressor(features: usize) -> Vec<u8> {
+    let mut g = Graph::new(features);
+    let f = g.feature(0);
+    let s = g.op("Cast", &[&f], vec![int_attr("to", 8)]);
+    let back = g.op("Cast", &[&s], vec![int_attr("to", 1)]);
+    g.finish(&back, &[None, Some(1)])
+}
