@@ -74,16 +74,21 @@ impl Core {
                     epsilon,
                     delta,
                 },
-                NewAuditEntry::new(p.email(), "budget.set", format!("user:{}", target.email))
-                    .details(json!({
-                        "dataset": dataset.as_ref().map(DatasetName::as_str),
-                        "epsilon": epsilon.to_string(),
-                        "delta": delta.to_string(),
-                        "previous": previous.map(|b| json!({
-                            "epsilon": b.epsilon_cap.to_string(),
-                            "delta": b.delta_cap.to_string(),
-                        })),
+                NewAuditEntry::new(
+                    self.now(),
+                    p.email(),
+                    "budget.set",
+                    format!("user:{}", target.email),
+                )
+                .details(json!({
+                    "dataset": dataset.as_ref().map(DatasetName::as_str),
+                    "epsilon": epsilon.to_string(),
+                    "delta": delta.to_string(),
+                    "previous": previous.map(|b| json!({
+                        "epsilon": b.epsilon_cap.to_string(),
+                        "delta": b.delta_cap.to_string(),
                     })),
+                })),
             )
             .await?)
     }
@@ -158,7 +163,8 @@ impl Core {
                     reference: spend.reference.clone(),
                     opens: spend.opens.clone(),
                 },
-                NewAuditEntry::new(actor, "budget.debit", &target).details(details.clone()),
+                NewAuditEntry::new(self.now(), actor, "budget.debit", &target)
+                    .details(details.clone()),
             )
             .await;
         match result {
@@ -169,7 +175,7 @@ impl Core {
                     details["reason"] = json!(err.to_string());
                     self.store
                         .append_audit(
-                            NewAuditEntry::new(actor, "budget.debit", target)
+                            NewAuditEntry::new(self.now(), actor, "budget.debit", target)
                                 .outcome(AuditOutcome::Refused)
                                 .details(details),
                         )

@@ -167,28 +167,22 @@ pub enum Conflict {
 
 impl From<veil_store::StoreError> for CoreError {
     fn from(e: veil_store::StoreError) -> Self {
-        use veil_store::StoreError as S;
+        use veil_store::{Entity, StoreError as S};
         match e {
-            S::NotFound { what: "user" } => CoreError::NotFound(NotFound::User),
-            S::NotFound { what: "role" } => CoreError::NotFound(NotFound::Role),
-            S::NotFound { what: "token" } => CoreError::NotFound(NotFound::Token),
-            S::NotFound { what: "dataset" } => CoreError::NotFound(NotFound::Dataset),
-            S::NotFound { what: "model" } => CoreError::NotFound(NotFound::Model),
-            S::NotFound { what: "request" } => CoreError::NotFound(NotFound::Request),
-            S::NotFound {
-                what: "signing key",
-            } => CoreError::NotFound(NotFound::SigningKey),
-            S::Conflict {
-                what: "signing key",
-            } => CoreError::Conflict(Conflict::SigningKeyExists),
-            S::NotFound {
-                what: "evaluation key",
-            } => CoreError::NotFound(NotFound::EvaluationKey),
-            S::Conflict { what: "dataset" } => CoreError::Conflict(Conflict::DatasetExists),
-            S::Conflict { what: "user" } => CoreError::Conflict(Conflict::UserExists),
-            S::Conflict { what: "role" } => CoreError::Conflict(Conflict::RoleExists),
-            S::Conflict { what: "token" } => CoreError::Conflict(Conflict::TokenNameTaken),
-            S::InUse { what: "role" } => CoreError::Conflict(Conflict::RoleInUse),
+            S::NotFound(Entity::User) => CoreError::NotFound(NotFound::User),
+            S::NotFound(Entity::Role) => CoreError::NotFound(NotFound::Role),
+            S::NotFound(Entity::Token) => CoreError::NotFound(NotFound::Token),
+            S::NotFound(Entity::Dataset) => CoreError::NotFound(NotFound::Dataset),
+            S::NotFound(Entity::Model) => CoreError::NotFound(NotFound::Model),
+            S::NotFound(Entity::Request) => CoreError::NotFound(NotFound::Request),
+            S::NotFound(Entity::SigningKey) => CoreError::NotFound(NotFound::SigningKey),
+            S::Conflict(Entity::SigningKey) => CoreError::Conflict(Conflict::SigningKeyExists),
+            S::NotFound(Entity::EvaluationKey) => CoreError::NotFound(NotFound::EvaluationKey),
+            S::Conflict(Entity::Dataset) => CoreError::Conflict(Conflict::DatasetExists),
+            S::Conflict(Entity::User) => CoreError::Conflict(Conflict::UserExists),
+            S::Conflict(Entity::Role) => CoreError::Conflict(Conflict::RoleExists),
+            S::Conflict(Entity::Token) => CoreError::Conflict(Conflict::TokenNameTaken),
+            S::InUse(Entity::Role) => CoreError::Conflict(Conflict::RoleInUse),
             S::NoBudget => CoreError::NoBudget,
             S::BudgetExhausted(r) => CoreError::BudgetExhausted {
                 global: r.global,

@@ -186,7 +186,8 @@ impl Core {
         &self.settings
     }
 
-    fn now(&self) -> veil_store::Timestamp {
+    /// The node's time, from its injected clock (microseconds since the Unix epoch).
+    pub fn now(&self) -> veil_store::Timestamp {
         self.clock.now_micros()
     }
 

@@ -209,6 +209,7 @@ impl Core {
                     },
                 },
                 NewAuditEntry::new(
+                    self.now(),
                     p.email(),
                     "request.create",
                     format!("dataset:{}", dataset.name),
@@ -289,13 +290,13 @@ impl Core {
                     result: None,
                     reviewer: Some(p.email().to_string()),
                 },
-                NewAuditEntry::new(p.email(), action, format!("request:{id}"))
+                NewAuditEntry::new(self.now(), p.email(), action, format!("request:{id}"))
                     .details(json!({"reason": reason})),
             )
             .await
         {
             Ok(r) => Ok(r),
-            Err(veil_store::StoreError::Conflict { .. }) => {
+            Err(veil_store::StoreError::StateChanged) => {
                 let current = self
                     .store
                     .get_request(id)
@@ -346,8 +347,13 @@ impl Core {
                             result: None,
                             reviewer: None,
                         },
-                        NewAuditEntry::new(crate::auth::SYSTEM, "request.failed", reference)
-                            .details(json!({"reason": reason, "interrupted": true})),
+                        NewAuditEntry::new(
+                            self.now(),
+                            crate::auth::SYSTEM,
+                            "request.failed",
+                            reference,
+                        )
+                        .details(json!({"reason": reason, "interrupted": true})),
                     )
                     .await;
                 match ended_one {
@@ -421,7 +427,7 @@ impl Core {
                     result,
                     reviewer: None,
                 },
-                NewAuditEntry::new(actor, action, format!("request:{id}"))
+                NewAuditEntry::new(self.now(), actor, action, format!("request:{id}"))
                     .details(json!({"reason": reason})),
             )
             .await?)
@@ -459,7 +465,7 @@ impl Core {
                     result: None,
                     reviewer: None,
                 },
-                NewAuditEntry::new(actor, "request.run", format!("request:{id}")),
+                NewAuditEntry::new(self.now(), actor, "request.run", format!("request:{id}")),
             )
             .await?;
         // From here on every outcome ends in `finish`: a request never stays `running`.

@@ -30,7 +30,9 @@ use veil_dp::{CostedPlan, ExactResult, Manifest};
 
 pub use ingest::{Format, IngestError};
 pub use models::{ModelFileError, StoredModel};
-pub use query::{ExecError, PreparedQuery, execute_unencrypted};
+#[cfg(feature = "bench")]
+pub use query::execute_unencrypted;
+pub use query::{ExecError, PreparedQuery};
 
 /// Why a query could not be prepared (nothing has been read, so nothing need be charged).
 #[derive(Debug, thiserror::Error)]

@@ -505,7 +505,8 @@ impl PreparedQuery {
 
 /// The executor over an unencrypted Parquet file with the manifest's stored schema. Nodes
 /// never hold such files; the datasets benchmark uses this to tell the cost of the DP rewrite
-/// from the cost of decryption.
+/// from the cost of decryption (only its build, with the `bench` feature, has it).
+#[cfg(feature = "bench")]
 pub async fn execute_unencrypted(
     path: &std::path::Path,
     manifest: &veil_dp::Manifest,

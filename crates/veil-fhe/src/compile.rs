@@ -1,7 +1,7 @@
 //! From a float model and calibration rows to a quantised circuit, and back from the circuit's
 //! integers to scores.
 //!
-//! The circuit shapes (measured on the breast-cancer data; see `veil bench fhe`):
+//! The circuit shapes (measured on the breast-cancer data; see `veil-bench fhe`):
 //! - **Linear models** need no bootstrap. Features are quantised to `bits` (default 8) over
 //!   their calibration range; the score is one leveled dot product on fresh ciphertexts, whose
 //!   noise is so small that the output can hold ~24 bits. The client applies the link.

@@ -6,6 +6,8 @@
 pub mod demo;
 mod demo_data;
 mod master_key;
+/// Running a node inside a test or a benchmark (the `testing` feature: not in the product).
+#[cfg(feature = "testing")]
 pub mod testing;
 
 use std::path::{Path, PathBuf};
@@ -13,7 +15,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use veil_api::ApiConfig;
-use veil_core::{Core, CoreSettings, OneTimePassword, SystemClock};
+use veil_core::{Clock, Core, CoreSettings, OneTimePassword, SystemClock};
 use veil_crypto::AuditKey;
 use veil_store::Store;
 use veil_store_postgres::PostgresStore;
@@ -42,6 +44,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     pub api: ApiConfig,
     pub core: CoreSettings,
+    /// The node's time (the wall clock; tests give a `ManualClock` to move it at will).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl ServerConfig {
@@ -56,6 +60,7 @@ impl ServerConfig {
             tls: None,
             api: ApiConfig::default(),
             core: CoreSettings::default(),
+            clock: Arc::new(SystemClock),
         }
     }
 
@@ -146,17 +151,21 @@ async fn open_store(config: &ServerConfig, key: AuditKey) -> Result<StoreHandle,
     let store_err = |e: veil_store::StoreError| StartError::Store(e.to_string());
     match config.database_url.as_deref() {
         None => Ok(StoreHandle::Sqlite(Arc::new(
-            SqliteStore::open(&config.data_dir.join("veil.db"), key)
+            veil_store_sqlite::open(&config.data_dir.join("veil.db"), key)
                 .await
                 .map_err(store_err)?,
         ))),
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
             Ok(StoreHandle::Postgres(Arc::new(
-                PostgresStore::open(url, key).await.map_err(store_err)?,
+                veil_store_postgres::open(url, key)
+                    .await
+                    .map_err(store_err)?,
             )))
         }
         Some(url) if url.starts_with("sqlite:") => Ok(StoreHandle::Sqlite(Arc::new(
-            SqliteStore::open_url(url, key).await.map_err(store_err)?,
+            veil_store_sqlite::open_url(url, key)
+                .await
+                .map_err(store_err)?,
         ))),
         Some(other) => Err(StartError::DatabaseUrl(redact_url(other))),
     }
@@ -226,7 +235,7 @@ pub async fn prepare(config: ServerConfig) -> Result<Prepared, StartError> {
         store.as_dyn(),
         datasets,
         audit_key,
-        Arc::new(SystemClock),
+        config.clock.clone(),
         config.core.clone(),
     ));
     core.init()

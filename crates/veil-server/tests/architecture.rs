@@ -98,6 +98,7 @@ fn layers_only_reach_what_they_may_know() {
                 "reqwest",
                 "clap",
                 "hyper",
+                "veil-store-sql",
                 "veil-store-sqlite",
                 "veil-store-postgres",
             ],
@@ -112,6 +113,7 @@ fn layers_only_reach_what_they_may_know() {
                 "sqlx",
                 "reqwest",
                 "clap",
+                "veil-store-sql",
                 "veil-store-sqlite",
                 "veil-store-postgres",
             ],
@@ -141,6 +143,10 @@ fn layers_only_reach_what_they_may_know() {
         if deps.contains("axum") {
             assert_eq!(name, "veil-api", "{name} must not use axum directly");
         }
+        assert!(
+            !deps.contains("veil-store-conformance"),
+            "{name}: the store conformance suite is dev-only (no product build links it)"
+        );
     }
 }
 
@@ -175,5 +181,37 @@ fn architecture_md_names_every_crate() {
             doc.contains(&format!("`{name}`")),
             "ARCHITECTURE.md must describe `{name}`"
         );
+    }
+}
+
+#[test]
+fn the_product_binary_links_no_test_or_benchmark_code() {
+    let all = manifests();
+    let product = closure(&all, "veil");
+    for dev_only in ["veil-bench", "veil-store-conformance", "veil-hostile"] {
+        assert!(
+            !product.contains(dev_only),
+            "veil must not depend on {dev_only}"
+        );
+    }
+    // The `testing` and `bench` features are switched on by dev-dependencies and by
+    // veil-bench only, never by a crate the product binary is built from.
+    for name in product.iter().filter(|c| all.contains_key(*c)) {
+        let Some(deps) = all[name].1.get("dependencies").and_then(|d| d.as_table()) else {
+            continue;
+        };
+        for (dep, spec) in deps {
+            let features = spec
+                .get("features")
+                .and_then(|f| f.as_array())
+                .cloned()
+                .unwrap_or_default();
+            for f in features {
+                assert!(
+                    !matches!(f.as_str(), Some("testing" | "bench")),
+                    "{name} enables {dep}'s {f} feature in the product"
+                );
+            }
+        }
     }
 }

@@ -256,7 +256,7 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
             .expect("short token");
         let short_client = node.client.with_token(&short.token);
         short_client.me().await.expect("valid at first");
-        tokio::time::sleep(Duration::from_millis(1100)).await;
+        node.clock.advance(Duration::from_millis(1100));
         expect_code(short_client.me().await, "unauthenticated");
         let err = expect_code(
             owner.create_token("zero", Some(Duration::ZERO)).await,

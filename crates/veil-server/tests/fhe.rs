@@ -454,7 +454,7 @@ async fn expired_evaluation_keys_are_refused() {
         .upload_evaluation_key(k.evaluation.clone())
         .await
         .expect("key");
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    node.clock.advance(std::time::Duration::from_millis(1500));
     let msg = expect_code(
         user.fhe_infer(
             "lr",

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use veil_crypto::AuditKey;
 use veil_store::Store;
-use veil_store::conformance::{Fixture, test_master_key};
+use veil_store_conformance::{Fixture, test_master_key};
 use veil_store_postgres::PostgresStore;
 use veil_store_postgres::testing::{ScratchDatabase, test_server_url};
 
@@ -35,7 +35,7 @@ async fn fresh() -> Option<PgFixture> {
         .await
         .expect("create scratch database");
     let key = AuditKey::derive(&test_master_key());
-    let store = PostgresStore::open(db.url(), key.clone())
+    let store = veil_store_postgres::open(db.url(), key.clone())
         .await
         .expect("open postgres store");
     Some(PgFixture {
@@ -45,4 +45,4 @@ async fn fresh() -> Option<PgFixture> {
     })
 }
 
-veil_store::conformance_tests!(fresh());
+veil_store_conformance::conformance_tests!(fresh());

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use veil_crypto::AuditKey;
 use veil_store::Store;
-use veil_store::conformance::{Fixture, test_master_key};
+use veil_store_conformance::{Fixture, test_master_key};
 use veil_store_sqlite::SqliteStore;
 
 struct SqliteFixture {
@@ -26,7 +26,7 @@ impl Fixture for SqliteFixture {
 async fn fresh() -> SqliteFixture {
     let dir = tempfile::tempdir().expect("temp dir");
     let key = AuditKey::derive(&test_master_key());
-    let store = SqliteStore::open(&dir.path().join("veil.db"), key.clone())
+    let store = veil_store_sqlite::open(&dir.path().join("veil.db"), key.clone())
         .await
         .expect("open sqlite store");
     SqliteFixture {
@@ -36,4 +36,4 @@ async fn fresh() -> SqliteFixture {
     }
 }
 
-veil_store::conformance_tests!(async { Some(fresh().await) });
+veil_store_conformance::conformance_tests!(async { Some(fresh().await) });

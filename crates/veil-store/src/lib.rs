@@ -1,7 +1,8 @@
 //! The metadata store: users, roles, tokens, budgets, the budget ledger and the audit log.
 //!
-//! [`Store`] is the one interface the core talks to; `veil-store-sqlite` and
-//! `veil-store-postgres` implement it, and [`conformance`] holds the tests both must pass.
+//! [`Store`] is the one interface the core talks to; `veil-store-sql` implements it once for
+//! the SQLite and PostgreSQL backends, and `veil-store-conformance` holds the tests every
+//! backend must pass. The store reads no clock: each change's time is its audit entry's.
 //!
 //! Invariants every backend keeps:
 //! - Every mutating method takes the audit entry describing it and writes both in **one
@@ -14,7 +15,6 @@
 //! - No private data rows ever reach this store: it holds metadata only.
 
 pub mod audit;
-pub mod conformance;
 mod model;
 pub mod rows;
 
@@ -26,15 +26,47 @@ use veil_types::{Delta, Epsilon, UserId};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// The kinds of record the store keeps, as its errors name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entity {
+    Role,
+    User,
+    Token,
+    Dataset,
+    SigningKey,
+    Model,
+    EvaluationKey,
+    Request,
+}
+
+impl std::fmt::Display for Entity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Entity::Role => "role",
+            Entity::User => "user",
+            Entity::Token => "token",
+            Entity::Dataset => "dataset",
+            Entity::SigningKey => "signing key",
+            Entity::Model => "model",
+            Entity::EvaluationKey => "evaluation key",
+            Entity::Request => "request",
+        })
+    }
+}
+
 /// What went wrong in the store, in terms a caller can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{what} not found")]
-    NotFound { what: &'static str },
-    #[error("{what} already exists")]
-    Conflict { what: &'static str },
-    #[error("{what} is still in use")]
-    InUse { what: &'static str },
+    #[error("{0} not found")]
+    NotFound(Entity),
+    #[error("{0} already exists")]
+    Conflict(Entity),
+    /// A request was in none of the states a transition may start from (someone else moved
+    /// it first).
+    #[error("the request is no longer in a state this step starts from")]
+    StateChanged,
+    #[error("{0} is still in use")]
+    InUse(Entity),
     #[error("no privacy budget has been set for this user")]
     NoBudget,
     #[error("privacy budget exhausted")]
@@ -58,6 +90,33 @@ pub struct BudgetRefusal {
     pub delta_remaining: Delta,
 }
 
+impl BudgetRefusal {
+    /// A user's budget (overall or for one dataset) that cannot take a debit.
+    pub fn by_budget(b: &Budget) -> Self {
+        Self {
+            dataset: b.dataset.clone(),
+            global: false,
+            epsilon_remaining: b.epsilon_remaining(),
+            delta_remaining: b.delta_remaining(),
+        }
+    }
+
+    /// A dataset's global cap (all users together) that cannot take a debit; an unset cap
+    /// leaves an unlimited amount.
+    pub fn by_dataset_cap(d: &DatasetRecord) -> Self {
+        Self {
+            dataset: Some(d.name.clone()),
+            global: true,
+            epsilon_remaining: d.epsilon_cap.map_or(Epsilon::from_units(u64::MAX), |c| {
+                c.saturating_sub(d.epsilon_spent)
+            }),
+            delta_remaining: d.delta_cap.map_or(Delta::from_units(u64::MAX), |c| {
+                c.saturating_sub(d.delta_spent)
+            }),
+        }
+    }
+}
+
 /// The metadata store. Implementations must be safe to share across tasks.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
@@ -66,7 +125,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     // ---- roles
     /// Inserts or updates the preset roles (their permissions are defined in code).
-    async fn sync_preset_roles(&self, roles: &[NewRole]) -> Result<()>;
+    async fn sync_preset_roles(&self, roles: &[NewRole], at: Timestamp) -> Result<()>;
     async fn create_role(&self, role: &NewRole, audit: NewAuditEntry) -> Result<Role>;
     async fn get_role(&self, name: &str) -> Result<Option<Role>>;
     async fn list_roles(&self) -> Result<Vec<Role>>;
@@ -217,4 +276,65 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 /// Builds a store's audit sealing key from the node's master key.
 pub fn audit_key(master: &veil_crypto::MasterKey) -> AuditKey {
     AuditKey::derive(master)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dataset(epsilon_cap: Option<u64>, delta_cap: Option<u64>) -> DatasetRecord {
+        DatasetRecord {
+            name: "patients".into(),
+            description: String::new(),
+            manifest: String::new(),
+            file_id: String::new(),
+            wrapped_key: Vec::new(),
+            rows: 0,
+            bytes_stored: 0,
+            created_by: String::new(),
+            created_at: 0,
+            epsilon_cap: epsilon_cap.map(Epsilon::from_units),
+            delta_cap: delta_cap.map(Delta::from_units),
+            epsilon_spent: Epsilon::from_units(30),
+            delta_spent: Delta::from_units(5),
+            policy: "auto".into(),
+        }
+    }
+
+    #[test]
+    fn a_refusal_names_its_cap_and_what_is_left_under_it() {
+        let budget = Budget {
+            user_id: 7,
+            dataset: Some("patients".into()),
+            epsilon_cap: Epsilon::from_units(100),
+            delta_cap: Delta::from_units(10),
+            epsilon_spent: Epsilon::from_units(60),
+            delta_spent: Delta::from_units(10),
+            updated_at: 0,
+        };
+        assert_eq!(
+            BudgetRefusal::by_budget(&budget),
+            BudgetRefusal {
+                dataset: Some("patients".into()),
+                global: false,
+                epsilon_remaining: Epsilon::from_units(40),
+                delta_remaining: Delta::from_units(0),
+            }
+        );
+        assert_eq!(
+            BudgetRefusal::by_dataset_cap(&dataset(Some(50), None)),
+            BudgetRefusal {
+                dataset: Some("patients".into()),
+                global: true,
+                epsilon_remaining: Epsilon::from_units(20),
+                // No cap on δ: nothing limits it.
+                delta_remaining: Delta::from_units(u64::MAX),
+            }
+        );
+        // Spent beyond a cap lowered after the spending: nothing is left, not a wrap-around.
+        assert_eq!(
+            BudgetRefusal::by_dataset_cap(&dataset(Some(10), Some(1))).epsilon_remaining,
+            Epsilon::from_units(0)
+        );
+    }
 }

@@ -6,13 +6,6 @@ use veil_types::{Delta, Epsilon, PermissionSet, UserId};
 /// chain's encoding identical everywhere.
 pub type Timestamp = i64;
 
-pub fn now_micros() -> Timestamp {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewRole {
     pub name: String,
@@ -265,9 +258,12 @@ impl AuditOutcome {
     }
 }
 
-/// An audit entry before it is sealed into the chain.
+/// An audit entry before it is sealed into the chain. Its time is also the time of the
+/// change it describes: the store reads no clock (the caller's is injected, so tests
+/// control it).
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewAuditEntry {
+    pub at: Timestamp,
     /// Who acted: an email, or `anonymous` / `system`.
     pub actor: String,
     /// Dotted verb, e.g. `user.create`, `auth.login`.
@@ -281,11 +277,13 @@ pub struct NewAuditEntry {
 
 impl NewAuditEntry {
     pub fn new(
+        at: Timestamp,
         actor: impl Into<String>,
         action: impl Into<String>,
         target: impl Into<String>,
     ) -> Self {
         Self {
+            at,
             actor: actor.into(),
             action: action.into(),
             target: target.into(),

@@ -78,8 +78,6 @@ pub enum Command {
     /// Encrypted inference (TFHE): keys, encryption, runs on published models.
     #[command(subcommand)]
     Fhe(FheCmd),
-    /// Measure a node's performance.
-    Bench(BenchArgs),
 }
 
 #[derive(Debug, Args, Default)]
@@ -266,34 +264,6 @@ pub enum AuditCmd {
     },
     /// Recompute the hash chain and check every seal.
     Verify,
-}
-
-#[derive(Debug, Args)]
-pub struct BenchArgs {
-    /// What to measure: `api` (requests/s, budget debit latency), `datasets` (upload
-    /// throughput, DP query overhead over plain DataFusion), `validate` (model validation
-    /// throughput against a bare tract loop) or `fhe` (encrypted inference per sample against
-    /// the bootstrap lower bound).
-    pub target: String,
-    /// `fhe`: encrypted samples per model.
-    #[arg(long, default_value_t = 10)]
-    pub samples: usize,
-    /// Rows to generate [default: 10 million for `datasets`, 1 million for `validate`].
-    #[arg(long)]
-    pub rows: Option<u64>,
-    /// `datasets`: query runs; `validate`: validations and bare loops (medians are reported).
-    #[arg(long, default_value_t = 5)]
-    pub runs: usize,
-    /// postgres://… server to benchmark the PostgreSQL backend on (a scratch database is
-    /// created and dropped there); default SQLite.
-    #[arg(long)]
-    pub database_url: Option<String>,
-    /// Concurrent clients.
-    #[arg(long, default_value_t = 100)]
-    pub clients: usize,
-    /// Seconds per measurement.
-    #[arg(long, default_value_t = 10)]
-    pub seconds: u64,
 }
 
 #[derive(Debug, Subcommand)]

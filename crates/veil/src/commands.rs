@@ -99,7 +99,7 @@ pub async fn run(cmd: Command, g: &Global) -> Result<ExitCode> {
         Command::Validate(a) => crate::ml::validate(&session(g)?.client, g.json, a).await,
         Command::Requests(c) => crate::ml::requests(&session(g)?.client, g.json, c).await,
         Command::Fhe(c) => crate::fhe::run(c, g, || Ok(session(g)?.client)).await,
-        Command::Serve(_) | Command::Bench(_) => unreachable!("dispatched in main"),
+        Command::Serve(_) => unreachable!("dispatched in main"),
     }
 }
 

@@ -6,21 +6,17 @@
 //! `exit_code`).
 
 mod args;
-mod bench;
-mod bench_datasets;
-mod bench_fhe;
-mod bench_validate;
 mod commands;
 mod credentials;
 mod data;
 mod fhe;
 mod ml;
-mod output;
 mod serve;
 
 use std::process::ExitCode;
 
 use clap::Parser as _;
+use veil::output;
 use veil_client::ClientError;
 
 use crate::args::{Cli, Command};
@@ -31,7 +27,6 @@ async fn main() -> ExitCode {
     let json = cli.global.json;
     let result = match cli.command {
         Command::Serve(a) => serve::run(*a).await,
-        Command::Bench(a) => bench::run(a, json).await,
         other => commands::run(other, &cli.global).await,
     };
     match result {

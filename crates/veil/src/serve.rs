@@ -168,21 +168,6 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
     })
 }
 
-pub(crate) fn init_logging(json: bool, level: &str) -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .with_context(|| format!("invalid log filter {level:?}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-    Ok(())
-}
-
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -207,7 +192,7 @@ async fn shutdown_signal() {
 
 pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     let settings = resolve(args)?;
-    init_logging(settings.log_json, &settings.log_level)?;
+    veil::logging::init(settings.log_json, &settings.log_level)?;
     let data_dir = settings.server.data_dir.clone();
     let owner_email = settings.server.owner_email.clone();
     let prepared = veil_server::prepare(settings.server).await?;

@@ -88,7 +88,7 @@ pub(crate) async fn list_keys(
     State(s): State<AppState>,
     Caller(p): Caller,
 ) -> ApiResult<Json<Vec<EvaluationKeyView>>> {
-    let now = veil_store::now_micros();
+    let now = s.core.now();
     Ok(Json(
         s.core
             .list_evaluation_keys(&p)
@@ -130,10 +130,7 @@ pub(crate) async fn add_key(
         buf.extend_from_slice(&chunk);
     }
     let k = s.core.add_evaluation_key(&p, buf.into()).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(key_view(k, veil_store::now_micros())),
-    ))
+    Ok((StatusCode::CREATED, Json(key_view(k, s.core.now()))))
 }
 
 #[utoipa::path(delete, path = "/api/v1/fhe/keys/{id}", tag = "fhe",

@@ -23,7 +23,7 @@ pub(crate) async fn list(
     State(s): State<AppState>,
     Caller(p): Caller,
 ) -> ApiResult<Json<Vec<TokenView>>> {
-    let now = veil_store::now_micros();
+    let now = s.core.now();
     Ok(Json(
         s.core
             .list_tokens(&p)
@@ -55,7 +55,7 @@ pub(crate) async fn create(
         StatusCode::CREATED,
         Json(CreateTokenResponse {
             token: secret.expose().to_string(),
-            info: views::token(record, veil_store::now_micros()),
+            info: views::token(record, s.core.now()),
         }),
     ))
 }

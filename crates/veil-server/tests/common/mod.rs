@@ -3,7 +3,10 @@
 
 #![allow(dead_code)]
 
+use std::sync::Arc;
+
 use veil_client::Client;
+use veil_core::{Clock, ManualClock, SystemClock};
 use veil_server::ServerConfig;
 use veil_server::testing::RunningNode;
 use veil_store_postgres::testing::{ScratchDatabase, test_server_url};
@@ -33,6 +36,8 @@ pub struct TestNode {
     pub config: ServerConfig,
     pub pg: Option<ScratchDatabase>,
     pub client: Client,
+    /// The node's clock: tests move time on with `advance` instead of sleeping.
+    pub clock: Arc<ManualClock>,
 }
 
 impl TestNode {
@@ -44,6 +49,8 @@ impl TestNode {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = ServerConfig::new(dir.path().join("data"));
         config.admin_password = Some(OWNER_PW.into());
+        let clock = Arc::new(ManualClock::new(SystemClock.now_micros()));
+        config.clock = clock.clone();
         let pg = match backend {
             Backend::Sqlite => None,
             Backend::Postgres => {
@@ -64,6 +71,7 @@ impl TestNode {
             config,
             pg,
             client,
+            clock,
         }
     }
 

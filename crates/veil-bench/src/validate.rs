@@ -1,4 +1,4 @@
-//! `veil bench validate`: the MLP fixture validated over a generated million rows, end to end
+//! `veil-bench validate`: the MLP fixture validated over a generated million rows, end to end
 //! through the API, against the same tract model run over the same rows in a bare loop.
 //!
 //! Rows are drawn from the breast-cancer data (each a real row with ±5 % jitter), so the model
@@ -16,7 +16,7 @@ use veil_client::Client;
 use veil_server::ServerConfig;
 use veil_server::testing::RunningNode;
 
-use crate::output::{Table, print_json};
+use veil::output::{Table, print_json};
 
 const DATA: &str = include_str!("../../../fixtures/data/breast_cancer.csv");
 const MANIFEST: &str = include_str!("../../../fixtures/data/breast_cancer.toml");
@@ -97,7 +97,7 @@ pub async fn run(rows: u64, runs: usize, json: bool) -> Result<()> {
         }
         bare.push(started.elapsed().as_secs_f64());
     }
-    let bare = crate::bench_datasets::median(bare);
+    let bare = crate::datasets::median(bare);
     drop(features);
 
     let mut config = ServerConfig::new(dir.path().join("node"));
@@ -159,7 +159,7 @@ pub async fn run(rows: u64, runs: usize, json: bool) -> Result<()> {
             .and_then(|x| x["metrics"][0]["value"].as_f64())
             .unwrap_or(f64::NAN);
     }
-    let validation = crate::bench_datasets::median(times);
+    let validation = crate::datasets::median(times);
     node.stop().await?;
 
     let report = Report {

@@ -4,16 +4,19 @@
 //! function that returns a fresh, empty, migrated store wrapped in a [`Fixture`] (which owns
 //! whatever must be cleaned up: a temp dir, a scratch database).
 //!
+//! A dev-only crate: nothing in a product build links it.
+//!
 //! [`conformance_tests!`]: crate::conformance_tests
+//! [`Store`]: veil_store::Store
 
 use std::sync::Arc;
 
 use serde_json::json;
 use veil_crypto::{AuditKey, MasterKey};
-use veil_types::{Delta, Epsilon, Permission, PermissionSet, PresetRole};
+use veil_types::{Delta, Epsilon, Permission, PermissionSet, PresetRole, UserId};
 
-use crate::audit::ChainVerifier;
-use crate::*;
+use veil_store::audit::ChainVerifier;
+use veil_store::*;
 
 /// A fresh store plus whatever keeps it alive and cleans it up when dropped.
 pub trait Fixture: Send + Sync {
@@ -65,14 +68,21 @@ macro_rules! conformance_tests {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $name() {
                 let Some(fixture) = $make.await else { return };
-                $crate::conformance::$name(&fixture).await;
+                $crate::$name(&fixture).await;
             }
         )+
     };
 }
 
+/// A time for each change, later than the one before: the store reads no clock of its own.
+fn tick() -> Timestamp {
+    static NOW: std::sync::atomic::AtomicI64 =
+        std::sync::atomic::AtomicI64::new(1_700_000_000_000_000);
+    NOW.fetch_add(1_000, std::sync::atomic::Ordering::SeqCst)
+}
+
 fn audit(action: &str) -> NewAuditEntry {
-    NewAuditEntry::new("tester@veil.test", action, "test")
+    NewAuditEntry::new(tick(), "tester@veil.test", action, "test")
 }
 
 fn presets() -> Vec<NewRole> {
@@ -88,7 +98,10 @@ fn presets() -> Vec<NewRole> {
 
 async fn seeded(f: &dyn Fixture) -> Arc<dyn Store> {
     let store = f.store();
-    store.sync_preset_roles(&presets()).await.expect("presets");
+    store
+        .sync_preset_roles(&presets(), tick())
+        .await
+        .expect("presets");
     store
 }
 
@@ -158,7 +171,7 @@ async fn assert_chain_valid(f: &dyn Fixture) -> u64 {
 pub async fn preset_roles_sync_idempotently(f: &dyn Fixture) {
     let store = seeded(f).await;
     store
-        .sync_preset_roles(&presets())
+        .sync_preset_roles(&presets(), tick())
         .await
         .expect("second sync");
     let roles = store.list_roles().await.expect("list");
@@ -173,7 +186,7 @@ pub async fn preset_roles_sync_idempotently(f: &dyn Fixture) {
         .into_iter()
         .collect();
     store
-        .sync_preset_roles(&changed)
+        .sync_preset_roles(&changed, tick())
         .await
         .expect("sync changed");
     let guest = store.get_role("guest").await.expect("get").expect("exists");
@@ -206,18 +219,12 @@ pub async fn custom_roles_round_trip(f: &dyn Fixture) {
             audit("role.create"),
         )
         .await;
-    assert!(
-        matches!(again, Err(StoreError::Conflict { .. })),
-        "{again:?}"
-    );
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
     assert_eq!(store.get_role("auditor").await.expect("get"), Some(role));
 
     let holder = user(store.as_ref(), "aud@lab.org", "auditor").await;
     let in_use = store.delete_role("auditor", audit("role.delete")).await;
-    assert!(
-        matches!(in_use, Err(StoreError::InUse { .. })),
-        "{in_use:?}"
-    );
+    assert!(matches!(in_use, Err(StoreError::InUse(_))), "{in_use:?}");
     store
         .update_user(
             holder.id,
@@ -236,7 +243,7 @@ pub async fn custom_roles_round_trip(f: &dyn Fixture) {
     assert_eq!(store.get_role("auditor").await.expect("get"), None);
     let missing = store.delete_role("auditor", audit("role.delete")).await;
     assert!(
-        matches!(missing, Err(StoreError::NotFound { .. })),
+        matches!(missing, Err(StoreError::NotFound(_))),
         "{missing:?}"
     );
 }
@@ -303,7 +310,7 @@ pub async fn users_round_trip(f: &dyn Fixture) {
         .update_user(9_999, &UserUpdate::default(), audit("user.update"))
         .await;
     assert!(
-        matches!(missing, Err(StoreError::NotFound { .. })),
+        matches!(missing, Err(StoreError::NotFound(_))),
         "{missing:?}"
     );
 }
@@ -323,7 +330,7 @@ pub async fn duplicate_email_is_a_conflict_and_writes_no_audit(f: &dyn Fixture) 
             audit("user.create"),
         )
         .await;
-    assert!(matches!(dup, Err(StoreError::Conflict { .. })), "{dup:?}");
+    assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
     assert_eq!(
         all_audit(store.as_ref()).await.len(),
         before,
@@ -345,7 +352,7 @@ pub async fn unknown_role_is_not_found(f: &dyn Fixture) {
         )
         .await;
     assert!(
-        matches!(res, Err(StoreError::NotFound { what: "role" })),
+        matches!(res, Err(StoreError::NotFound(Entity::Role))),
         "{res:?}"
     );
 }
@@ -397,7 +404,7 @@ pub async fn tokens_authenticate_list_and_revoke(f: &dyn Fixture) {
             audit("x"),
         )
         .await;
-    assert!(matches!(dup, Err(StoreError::Conflict { .. })), "{dup:?}");
+    assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
 
     let p = store
         .get_token_principal("0123456789ab")
@@ -425,7 +432,7 @@ pub async fn tokens_authenticate_list_and_revoke(f: &dyn Fixture) {
         .revoke_token(bo.id, "0123456789ab", audit("token.revoke"))
         .await;
     assert!(
-        matches!(not_theirs, Err(StoreError::NotFound { .. })),
+        matches!(not_theirs, Err(StoreError::NotFound(_))),
         "{not_theirs:?}"
     );
     store
@@ -441,10 +448,7 @@ pub async fn tokens_authenticate_list_and_revoke(f: &dyn Fixture) {
     let twice = store
         .revoke_token(ana.id, "0123456789ab", audit("token.revoke"))
         .await;
-    assert!(
-        matches!(twice, Err(StoreError::NotFound { .. })),
-        "{twice:?}"
-    );
+    assert!(matches!(twice, Err(StoreError::NotFound(_))), "{twice:?}");
 }
 
 pub async fn password_change_keeps_only_the_current_session(f: &dyn Fixture) {
@@ -780,7 +784,7 @@ pub async fn every_mutation_extends_a_valid_chain(f: &dyn Fixture) {
         .expect("delete");
     store
         .append_audit(
-            NewAuditEntry::new("anonymous", "auth.login", "user:x@y.z")
+            NewAuditEntry::new(tick(), "anonymous", "auth.login", "user:x@y.z")
                 .outcome(AuditOutcome::Denied)
                 .details(json!({"reason": "bad password", "ip": "127.0.0.1"})),
         )
@@ -820,6 +824,7 @@ pub async fn concurrent_appends_keep_one_linear_chain(f: &dyn Fixture) {
             tokio::spawn(async move {
                 store
                     .append_audit(NewAuditEntry::new(
+                        tick(),
                         "system",
                         "test.concurrent",
                         format!("n{i}"),
@@ -843,7 +848,7 @@ pub async fn audit_filters(f: &dyn Fixture) {
         ("a@x.org", "auth.logout"),
     ] {
         store
-            .append_audit(NewAuditEntry::new(actor, action, "t"))
+            .append_audit(NewAuditEntry::new(tick(), actor, action, "t"))
             .await
             .expect("append");
     }
@@ -917,7 +922,7 @@ pub async fn datasets_round_trip(f: &dyn Fixture) {
         .create_dataset(&new_dataset("patients"), audit("dataset.upload"))
         .await;
     assert!(
-        matches!(dup, Err(StoreError::Conflict { what: "dataset" })),
+        matches!(dup, Err(StoreError::Conflict(Entity::Dataset))),
         "{dup:?}"
     );
     store
@@ -973,7 +978,7 @@ pub async fn datasets_round_trip(f: &dyn Fixture) {
         .delete_dataset("patients", audit("dataset.delete"))
         .await;
     assert!(
-        matches!(again, Err(StoreError::NotFound { what: "dataset" })),
+        matches!(again, Err(StoreError::NotFound(Entity::Dataset))),
         "{again:?}"
     );
     assert_chain_valid(f).await;
@@ -1078,10 +1083,7 @@ pub async fn dataset_global_cap_survives_delete_and_reupload(f: &dyn Fixture) {
     let again = store
         .delete_dataset("patients", audit("dataset.delete"))
         .await;
-    assert!(
-        matches!(again, Err(StoreError::NotFound { .. })),
-        "{again:?}"
-    );
+    assert!(matches!(again, Err(StoreError::NotFound(_))), "{again:?}");
     let update = store
         .update_dataset(
             "patients",
@@ -1089,10 +1091,7 @@ pub async fn dataset_global_cap_survives_delete_and_reupload(f: &dyn Fixture) {
             audit("dataset.update"),
         )
         .await;
-    assert!(
-        matches!(update, Err(StoreError::NotFound { .. })),
-        "{update:?}"
-    );
+    assert!(matches!(update, Err(StoreError::NotFound(_))), "{update:?}");
 
     let reuploaded = store
         .create_dataset(
@@ -1112,7 +1111,7 @@ pub async fn dataset_global_cap_survives_delete_and_reupload(f: &dyn Fixture) {
     let dup = store
         .create_dataset(&new_dataset("patients"), audit("dataset.upload"))
         .await;
-    assert!(matches!(dup, Err(StoreError::Conflict { .. })), "{dup:?}");
+    assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
     let refused = store
         .debit_budget(
             &debit(ana.id, 0.5, 0.0, Some("patients")),
@@ -1195,13 +1194,13 @@ pub async fn signing_keys_round_trip(f: &dyn Fixture) {
         .expect("add");
     assert_eq!(k.revoked_at, None);
     let dup = store.add_signing_key(&key, audit("key.add")).await;
-    assert!(matches!(dup, Err(StoreError::Conflict { .. })), "{dup:?}");
+    assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
     let bo = user(store.as_ref(), "bo@lab.org", "guest").await;
     let not_theirs = store
         .revoke_signing_key(bo.id, k.id, audit("key.revoke"))
         .await;
     assert!(
-        matches!(not_theirs, Err(StoreError::NotFound { .. })),
+        matches!(not_theirs, Err(StoreError::NotFound(_))),
         "{not_theirs:?}"
     );
     store
@@ -1280,7 +1279,7 @@ pub async fn fhe_artifacts_and_evaluation_keys_round_trip(f: &dyn Fixture) {
         .expect("add");
     assert_eq!((rec.size_bytes, rec.expires_at), (30_000_000, 1_000));
     let dup = store.add_evaluation_key(&key, audit("fhe.key.add")).await;
-    assert!(matches!(dup, Err(StoreError::Conflict { .. })), "{dup:?}");
+    assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
     assert_eq!(
         store.get_evaluation_key("ek_1").await.expect("get"),
         Some(rec.clone())
@@ -1300,7 +1299,7 @@ pub async fn fhe_artifacts_and_evaluation_keys_round_trip(f: &dyn Fixture) {
         .delete_evaluation_key(other.id, "ek_1", audit("fhe.key.delete"))
         .await;
     assert!(
-        matches!(not_theirs, Err(StoreError::NotFound { .. })),
+        matches!(not_theirs, Err(StoreError::NotFound(_))),
         "{not_theirs:?}"
     );
     store
@@ -1369,7 +1368,7 @@ pub async fn models_are_versioned(f: &dyn Fixture) {
         .delete_model("tumour-lr", None, audit("model.delete"))
         .await;
     assert!(
-        matches!(missing, Err(StoreError::NotFound { .. })),
+        matches!(missing, Err(StoreError::NotFound(_))),
         "{missing:?}"
     );
 }
@@ -1420,7 +1419,7 @@ pub async fn request_transitions_are_compare_and_set(f: &dyn Fixture) {
     for t in futures::future::join_all(tasks).await {
         match t.expect("task") {
             Ok(_) => won += 1,
-            Err(StoreError::Conflict { .. }) => {}
+            Err(StoreError::StateChanged) => {}
             Err(other) => panic!("{other:?}"),
         }
     }
@@ -1459,7 +1458,7 @@ pub async fn request_transitions_are_compare_and_set(f: &dyn Fixture) {
         )
         .await;
     assert!(
-        matches!(deny_done, Err(StoreError::Conflict { .. })),
+        matches!(deny_done, Err(StoreError::StateChanged)),
         "{deny_done:?}"
     );
     let missing = store
@@ -1476,7 +1475,7 @@ pub async fn request_transitions_are_compare_and_set(f: &dyn Fixture) {
         )
         .await;
     assert!(
-        matches!(missing, Err(StoreError::NotFound { .. })),
+        matches!(missing, Err(StoreError::NotFound(_))),
         "{missing:?}"
     );
     assert_eq!(

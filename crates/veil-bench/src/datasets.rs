@@ -1,4 +1,4 @@
-//! `veil bench datasets`: upload throughput and DP query latency on a generated dataset,
+//! `veil-bench datasets`: upload throughput and DP query latency on a generated dataset,
 //! against plain DataFusion on the same rows stored unencrypted.
 //!
 //! Everything runs in this process: the CSV generator, the node, the client. The upload and
@@ -17,7 +17,7 @@ use veil_client::Client;
 use veil_server::ServerConfig;
 use veil_server::testing::RunningNode;
 
-use crate::output::{Table, print_json};
+use veil::output::{Table, print_json};
 
 const MANIFEST: &str = r#"description = "Generated benchmark data"
 [privacy]

@@ -1,4 +1,4 @@
-//! `veil bench fhe`: encrypted inference on the breast-cancer and 8×8 digits fixtures.
+//! `veil-bench fhe`: encrypted inference on the breast-cancer and 8×8 digits fixtures.
 //!
 //! For each model: compile on the training split, then per test sample encrypt, evaluate on a
 //! two-thread pool (as a node does), decrypt, and check the result equals the clear simulator.
@@ -14,7 +14,7 @@ use veil_fhe::backend::{ClientKey, Evaluator, Prepared, RunControl};
 use veil_fhe::circuit::{Circuit, LUT_BITS, LUT_SIZE, Op};
 use veil_fhe::{CompileOptions, FloatModel, compile, read_onnx};
 
-use crate::output::{Table, print_json};
+use veil::output::{Table, print_json};
 
 macro_rules! fixture {
     ($p:literal) => {

@@ -1,4 +1,8 @@
-//! `veil bench api`: authenticated requests per second through the real HTTP stack, and the
+//! `veil-bench`: Veil's benchmarks, out of the product binary (`veil` links none of their
+//! code). `veil-bench api|datasets|validate|fhe`, from a release build:
+//! `cargo run --release -p veil-bench -- validate`.
+//!
+//! `veil-bench api`: authenticated requests per second through the real HTTP stack, and the
 //! latency of the budget debit (the one-transaction store method) under concurrency.
 //!
 //! The node runs in this process on a scratch data directory (or a scratch PostgreSQL
@@ -18,8 +22,58 @@ use veil_server::testing::RunningNode;
 use veil_store_postgres::testing::ScratchDatabase;
 use veil_types::{Delta, Epsilon};
 
-use crate::args::BenchArgs;
-use crate::output::{Table, print_json};
+use clap::Parser as _;
+use veil::output::{Table, print_json};
+
+mod datasets;
+mod fhe;
+mod validate;
+
+/// Veil's benchmarks.
+#[derive(Debug, clap::Parser)]
+#[command(name = "veil-bench", version)]
+struct BenchArgs {
+    /// What to measure: `api` (requests/s, budget debit latency), `datasets` (upload
+    /// throughput, DP query overhead over plain DataFusion), `validate` (model validation
+    /// throughput against a bare tract loop) or `fhe` (encrypted inference per sample against
+    /// the bootstrap lower bound).
+    target: String,
+    /// Print the results as JSON.
+    #[arg(long)]
+    json: bool,
+    /// `fhe`: encrypted samples per model.
+    #[arg(long, default_value_t = 10)]
+    samples: usize,
+    /// Rows to generate [default: 10 million for `datasets`, 1 million for `validate`].
+    #[arg(long)]
+    rows: Option<u64>,
+    /// `datasets`: query runs; `validate`: validations and bare loops (medians are reported).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// postgres://… server to benchmark the PostgreSQL backend on (a scratch database is
+    /// created and dropped there); default SQLite.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 100)]
+    clients: usize,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = BenchArgs::parse();
+    let json = args.json;
+    match run(args, json).await {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 #[derive(Debug, Serialize)]
 struct Measurement {
@@ -87,25 +141,25 @@ where
     Ok((all, start.elapsed()))
 }
 
-pub async fn run(a: BenchArgs, json: bool) -> Result<ExitCode> {
+async fn run(a: BenchArgs, json: bool) -> Result<ExitCode> {
     // The in-process node logs only when asked (`RUST_LOG=veil_core=debug` shows each
     // query's phases), so the benchmark's own output stays clean.
     if let Ok(level) = std::env::var("RUST_LOG") {
-        crate::serve::init_logging(false, &level)?;
+        veil::logging::init(false, &level)?;
     }
     match a.target.as_str() {
         "api" => api(a, json).await,
         "datasets" => {
-            crate::bench_datasets::run(a.rows.unwrap_or(10_000_000), a.runs, json).await?;
+            datasets::run(a.rows.unwrap_or(10_000_000), a.runs, json).await?;
             Ok(ExitCode::SUCCESS)
         }
         "validate" => {
-            crate::bench_validate::run(a.rows.unwrap_or(1_000_000), a.runs, json).await?;
+            validate::run(a.rows.unwrap_or(1_000_000), a.runs, json).await?;
             Ok(ExitCode::SUCCESS)
         }
         "fhe" => {
             let samples = a.samples;
-            tokio::task::spawn_blocking(move || crate::bench_fhe::run(samples, json))
+            tokio::task::spawn_blocking(move || fhe::run(samples, json))
                 .await
                 .context("benchmark task panicked")??;
             Ok(ExitCode::SUCCESS)
