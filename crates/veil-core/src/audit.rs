@@ -90,7 +90,7 @@ impl Core {
         };
         self.store
             .append_audit(
-                NewAuditEntry::new(self.now(), p.email(), "audit.verify", "audit").details(json!({
+                NewAuditEntry::new(p.email(), "audit.verify", "audit").details(json!({
                     "entries_checked": report.entries_checked,
                     "ok": report.ok(),
                     "first_bad": report.first_bad.as_ref().map(|(s, _)| s),
@@ -113,7 +113,6 @@ impl Core {
         self.store
             .append_audit(
                 NewAuditEntry::new(
-                    self.now(),
                     p.email(),
                     "access.denied",
                     format!("route:{method} {route}"),

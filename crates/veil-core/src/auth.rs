@@ -58,7 +58,7 @@ impl Core {
                 permissions: r.permissions(),
             })
             .collect();
-        self.store.sync_preset_roles(&presets, self.now()).await?;
+        self.store.sync_preset_roles(&presets).await?;
         // A store that cannot end them now is asked again at the next start; the node still
         // starts.
         if let Err(e) = self.end_interrupted_requests().await {
@@ -99,7 +99,7 @@ impl Core {
                     password_hash: hash,
                     must_change_password: must_change,
                 },
-                NewAuditEntry::new(self.now(), SYSTEM, "user.create", format!("user:{email}")).details(
+                NewAuditEntry::new(SYSTEM, "user.create", format!("user:{email}")).details(
                     json!({"role": "owner", "bootstrap": true, "one_time_password": must_change}),
                 ),
             )
@@ -138,7 +138,7 @@ impl Core {
         if let Err(retry_after_secs) = self.login_limiter.check(&[&email_key, &ip_key], now) {
             self.store
                 .append_audit(
-                    NewAuditEntry::new(self.now(), ANONYMOUS, "auth.login", target)
+                    NewAuditEntry::new(ANONYMOUS, "auth.login", target)
                         .outcome(AuditOutcome::Denied)
                         .details(json!({"reason": "rate_limited", "ip": client_ip})),
                 )
@@ -169,7 +169,7 @@ impl Core {
                     .record_failure(&[&email_key, &ip_key], now);
                 self.store
                     .append_audit(
-                        NewAuditEntry::new(self.now(), ANONYMOUS, "auth.login", target)
+                        NewAuditEntry::new(ANONYMOUS, "auth.login", target)
                             .outcome(AuditOutcome::Denied)
                             .details(json!({"reason": reason, "ip": client_ip})),
                     )
@@ -191,13 +191,8 @@ impl Core {
                     secret_hash: secret.hash(),
                     expires_at: Some(expires_at),
                 },
-                NewAuditEntry::new(
-                    self.now(),
-                    &user.email,
-                    "auth.login",
-                    format!("user:{}", user.email),
-                )
-                .details(json!({"ip": client_ip, "session": secret.id()})),
+                NewAuditEntry::new(&user.email, "auth.login", format!("user:{}", user.email))
+                    .details(json!({"ip": client_ip, "session": secret.id()})),
             )
             .await?;
         Ok(LoginOutcome {
@@ -246,12 +241,7 @@ impl Core {
             .revoke_token(
                 p.user.id,
                 &p.token_id,
-                NewAuditEntry::new(
-                    self.now(),
-                    p.email(),
-                    "auth.logout",
-                    format!("token:{}", p.token_id),
-                ),
+                NewAuditEntry::new(p.email(), "auth.logout", format!("token:{}", p.token_id)),
             )
             .await?;
         Ok(())
@@ -268,14 +258,9 @@ impl Core {
         if !self.verify_password(current.to_string(), phc).await? {
             self.store
                 .append_audit(
-                    NewAuditEntry::new(
-                        self.now(),
-                        p.email(),
-                        "user.password",
-                        format!("user:{}", p.email()),
-                    )
-                    .outcome(AuditOutcome::Denied)
-                    .details(json!({"reason": "wrong_current_password"})),
+                    NewAuditEntry::new(p.email(), "user.password", format!("user:{}", p.email()))
+                        .outcome(AuditOutcome::Denied)
+                        .details(json!({"reason": "wrong_current_password"})),
                 )
                 .await?;
             return Err(CoreError::InvalidCredentials);
@@ -295,12 +280,7 @@ impl Core {
                     must_change_password: false,
                     keep_token: Some(p.token_id.clone()),
                 },
-                NewAuditEntry::new(
-                    self.now(),
-                    p.email(),
-                    "user.password",
-                    format!("user:{}", p.email()),
-                ),
+                NewAuditEntry::new(p.email(), "user.password", format!("user:{}", p.email())),
             )
             .await?;
         Ok(())
@@ -348,7 +328,7 @@ impl Core {
         {
             return Ok(None);
         }
-        let audit = NewAuditEntry::new(self.now(), SYSTEM, "user.create", format!("user:{email}"))
+        let audit = NewAuditEntry::new(SYSTEM, "user.create", format!("user:{email}"))
             .details(json!({"role": role, "bootstrap": true, "one_time_password": true}));
         let (_, otp) = self
             .insert_with_one_time_password(&email, role, audit)
@@ -373,7 +353,7 @@ impl Core {
         self.store
             .set_budget(
                 &cap,
-                NewAuditEntry::new(self.now(), SYSTEM, "budget.set", format!("user:{}", user.email))
+                NewAuditEntry::new(SYSTEM, "budget.set", format!("user:{}", user.email))
                     .details(json!({"epsilon": cap.epsilon.to_string(), "delta": cap.delta.to_string(), "bootstrap": true})),
             )
             .await?;

@@ -74,21 +74,16 @@ impl Core {
                     epsilon,
                     delta,
                 },
-                NewAuditEntry::new(
-                    self.now(),
-                    p.email(),
-                    "budget.set",
-                    format!("user:{}", target.email),
-                )
-                .details(json!({
-                    "dataset": dataset.as_ref().map(DatasetName::as_str),
-                    "epsilon": epsilon.to_string(),
-                    "delta": delta.to_string(),
-                    "previous": previous.map(|b| json!({
-                        "epsilon": b.epsilon_cap.to_string(),
-                        "delta": b.delta_cap.to_string(),
+                NewAuditEntry::new(p.email(), "budget.set", format!("user:{}", target.email))
+                    .details(json!({
+                        "dataset": dataset.as_ref().map(DatasetName::as_str),
+                        "epsilon": epsilon.to_string(),
+                        "delta": delta.to_string(),
+                        "previous": previous.map(|b| json!({
+                            "epsilon": b.epsilon_cap.to_string(),
+                            "delta": b.delta_cap.to_string(),
+                        })),
                     })),
-                })),
             )
             .await?)
     }
@@ -163,8 +158,7 @@ impl Core {
                     reference: spend.reference.clone(),
                     opens: spend.opens.clone(),
                 },
-                NewAuditEntry::new(self.now(), actor, "budget.debit", &target)
-                    .details(details.clone()),
+                NewAuditEntry::new(actor, "budget.debit", &target).details(details.clone()),
             )
             .await;
         match result {
@@ -175,7 +169,7 @@ impl Core {
                     details["reason"] = json!(err.to_string());
                     self.store
                         .append_audit(
-                            NewAuditEntry::new(self.now(), actor, "budget.debit", target)
+                            NewAuditEntry::new(actor, "budget.debit", target)
                                 .outcome(AuditOutcome::Refused)
                                 .details(details),
                         )

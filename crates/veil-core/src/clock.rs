@@ -4,10 +4,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use veil_store::Timestamp;
 
-pub trait Clock: Send + Sync + std::fmt::Debug {
-    /// Microseconds since the Unix epoch.
-    fn now_micros(&self) -> Timestamp;
-}
+pub use veil_store::Clock;
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;

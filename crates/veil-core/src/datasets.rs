@@ -131,14 +131,9 @@ impl Core {
                 };
                 self.store
                     .append_audit(
-                        NewAuditEntry::new(
-                            self.now(),
-                            p.email(),
-                            "dataset.upload",
-                            format!("dataset:{name}"),
-                        )
-                        .outcome(AuditOutcome::Refused)
-                        .details(json!({"reason": reason})),
+                        NewAuditEntry::new(p.email(), "dataset.upload", format!("dataset:{name}"))
+                            .outcome(AuditOutcome::Refused)
+                            .details(json!({"reason": reason})),
                     )
                     .await?;
                 return Err(err);
@@ -159,9 +154,7 @@ impl Core {
                 },
                 // No row count or byte count: people without access to the data read the
                 // audit log (and its hashes would let them check a guessed count).
-                NewAuditEntry::new(
-                    self.now(),
-                    p.email(),
+                NewAuditEntry::new(p.email(),
                     "dataset.upload",
                     format!("dataset:{name}"),
                 )
@@ -218,12 +211,7 @@ impl Core {
             .store
             .delete_dataset(
                 name,
-                NewAuditEntry::new(
-                    self.now(),
-                    p.email(),
-                    "dataset.delete",
-                    format!("dataset:{name}"),
-                ),
+                NewAuditEntry::new(p.email(), "dataset.delete", format!("dataset:{name}")),
             )
             .await?;
         if let Err(e) = self.datasets.remove(&record.file_id) {
@@ -267,17 +255,13 @@ impl Core {
                     delta_cap,
                     policy: policy.map(str::to_string),
                 },
-                NewAuditEntry::new(
-                    self.now(),
-                    p.email(),
-                    "dataset.update",
-                    format!("dataset:{name}"),
-                )
-                .details(json!({
-                    "epsilon_cap": epsilon_cap.map(|c| c.map(|e| e.to_string())),
-                    "delta_cap": delta_cap.map(|c| c.map(|d| d.to_string())),
-                    "policy": policy,
-                })),
+                NewAuditEntry::new(p.email(), "dataset.update", format!("dataset:{name}")).details(
+                    json!({
+                        "epsilon_cap": epsilon_cap.map(|c| c.map(|e| e.to_string())),
+                        "delta_cap": delta_cap.map(|c| c.map(|d| d.to_string())),
+                        "policy": policy,
+                    }),
+                ),
             )
             .await?)
     }
@@ -321,7 +305,7 @@ impl Core {
         let sql_hash = veil_crypto::sha256_hex(sql.as_bytes());
         let target = format!("dataset:{name}");
         let refused = |reason: String| {
-            NewAuditEntry::new(self.now(), p.email(), "query.refused", &target)
+            NewAuditEntry::new(p.email(), "query.refused", &target)
                 .outcome(AuditOutcome::Refused)
                 .details(json!({"sql_sha256": sql_hash, "reason": reason}))
         };
@@ -470,7 +454,7 @@ impl Core {
                     result,
                     reviewer: None,
                 },
-                NewAuditEntry::new(self.now(), actor, action, format!("request:{request_id}"))
+                NewAuditEntry::new(actor, action, format!("request:{request_id}"))
                     .outcome(if to == RequestStatus::Done {
                         AuditOutcome::Ok
                     } else {
@@ -532,7 +516,6 @@ impl Core {
                     created_by: crate::auth::SYSTEM.to_string(),
                 },
                 NewAuditEntry::new(
-                    self.now(),
                     crate::auth::SYSTEM,
                     "dataset.upload",
                     format!("dataset:{name}"),

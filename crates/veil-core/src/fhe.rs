@@ -363,13 +363,8 @@ impl Core {
                     size_bytes: size,
                     expires_at: now.saturating_add(ttl),
                 },
-                NewAuditEntry::new(
-                    self.now(),
-                    p.email(),
-                    "fhe.key.add",
-                    format!("fhe-key:{id}"),
-                )
-                .details(json!({"sha256": sha256, "bytes": size})),
+                NewAuditEntry::new(p.email(), "fhe.key.add", format!("fhe-key:{id}"))
+                    .details(json!({"sha256": sha256, "bytes": size})),
             )
             .await;
         match rec {
@@ -399,13 +394,8 @@ impl Core {
             .delete_evaluation_key(
                 p.user.id,
                 id,
-                NewAuditEntry::new(
-                    self.now(),
-                    p.email(),
-                    "fhe.key.delete",
-                    format!("fhe-key:{id}"),
-                )
-                .details(json!({"reason": why})),
+                NewAuditEntry::new(p.email(), "fhe.key.delete", format!("fhe-key:{id}"))
+                    .details(json!({"reason": why})),
             )
             .await?;
         self.evaluators.forget(id);
@@ -453,7 +443,7 @@ impl Core {
         {
             self.store
                 .append_audit(
-                    NewAuditEntry::new(self.now(), p.email(), "fhe.infer", format!("model:{name}"))
+                    NewAuditEntry::new(p.email(), "fhe.infer", format!("model:{name}"))
                         .outcome(veil_store::AuditOutcome::Refused)
                         .details(json!({"samples": samples.len(), "reason": "rate limited"})),
                 )
@@ -545,18 +535,13 @@ impl Core {
             .await
             .map_err(|_| CoreError::Internal("the FHE job was interrupted".into()))?;
         let elapsed = started.elapsed();
-        let mut entry = NewAuditEntry::new(
-            self.now(),
-            p.email(),
-            "fhe.infer",
-            format!("model:{model_label}"),
-        )
-        .details(json!({
-            "samples": n,
-            "key": key.id,
-            "timed_out": matches!(run, Err(CoreError::FheTimedOut(_))),
-            "ms": elapsed.as_millis() as u64,
-        }));
+        let mut entry = NewAuditEntry::new(p.email(), "fhe.infer", format!("model:{model_label}"))
+            .details(json!({
+                "samples": n,
+                "key": key.id,
+                "timed_out": matches!(run, Err(CoreError::FheTimedOut(_))),
+                "ms": elapsed.as_millis() as u64,
+            }));
         if run.is_err() {
             entry = entry.outcome(veil_store::AuditOutcome::Failed);
         }

@@ -65,13 +65,8 @@ impl Core {
                     public_key: key.to_bytes().to_vec(),
                     fingerprint: fingerprint.clone(),
                 },
-                NewAuditEntry::new(
-                    self.now(),
-                    p.email(),
-                    "key.add",
-                    format!("key:{fingerprint}"),
-                )
-                .details(json!({"name": name.as_str()})),
+                NewAuditEntry::new(p.email(), "key.add", format!("key:{fingerprint}"))
+                    .details(json!({"name": name.as_str()})),
             )
             .await?)
     }
@@ -87,7 +82,7 @@ impl Core {
             .revoke_signing_key(
                 p.user.id,
                 id,
-                NewAuditEntry::new(self.now(), p.email(), "key.revoke", format!("key:{id}")),
+                NewAuditEntry::new(p.email(), "key.revoke", format!("key:{id}")),
             )
             .await?;
         Ok(())
@@ -217,21 +212,17 @@ impl Core {
                     fhe,
                     private: !p.has(Permission::ModelsPublish),
                 },
-                NewAuditEntry::new(
-                    self.now(),
-                    p.email(),
-                    "model.upload",
-                    format!("model:{name}"),
-                )
-                .details(json!({
-                    "sha256": sha256,
-                    "bytes": size,
-                    "signed_by": signer.as_ref().map(|k| &k.fingerprint),
-                    "operators": summary.operators.keys().collect::<Vec<_>>(),
-                    "fhe": fhe_kind,
-                    // What the creator confirmed the client spec may reveal.
-                    "disclosure_sha256": disclosure_sha256,
-                })),
+                NewAuditEntry::new(p.email(), "model.upload", format!("model:{name}")).details(
+                    json!({
+                        "sha256": sha256,
+                        "bytes": size,
+                        "signed_by": signer.as_ref().map(|k| &k.fingerprint),
+                        "operators": summary.operators.keys().collect::<Vec<_>>(),
+                        "fhe": fhe_kind,
+                        // What the creator confirmed the client spec may reveal.
+                        "disclosure_sha256": disclosure_sha256,
+                    }),
+                ),
             )
             .await;
         match record {
@@ -323,13 +314,8 @@ impl Core {
             .delete_model(
                 name,
                 version,
-                NewAuditEntry::new(
-                    self.now(),
-                    p.email(),
-                    "model.delete",
-                    format!("model:{name}"),
-                )
-                .details(json!({"version": version})),
+                NewAuditEntry::new(p.email(), "model.delete", format!("model:{name}"))
+                    .details(json!({"version": version})),
             )
             .await?;
         for m in &deleted {
@@ -397,13 +383,8 @@ impl Core {
                     fhe: None,
                     private: false,
                 },
-                NewAuditEntry::new(
-                    self.now(),
-                    crate::auth::SYSTEM,
-                    "model.upload",
-                    format!("model:{name}"),
-                )
-                .details(json!({"bootstrap": true})),
+                NewAuditEntry::new(crate::auth::SYSTEM, "model.upload", format!("model:{name}"))
+                    .details(json!({"bootstrap": true})),
             )
             .await;
         if let Err(e) = created {

@@ -209,7 +209,6 @@ impl Core {
                     },
                 },
                 NewAuditEntry::new(
-                    self.now(),
                     p.email(),
                     "request.create",
                     format!("dataset:{}", dataset.name),
@@ -290,7 +289,7 @@ impl Core {
                     result: None,
                     reviewer: Some(p.email().to_string()),
                 },
-                NewAuditEntry::new(self.now(), p.email(), action, format!("request:{id}"))
+                NewAuditEntry::new(p.email(), action, format!("request:{id}"))
                     .details(json!({"reason": reason})),
             )
             .await
@@ -347,13 +346,8 @@ impl Core {
                             result: None,
                             reviewer: None,
                         },
-                        NewAuditEntry::new(
-                            self.now(),
-                            crate::auth::SYSTEM,
-                            "request.failed",
-                            reference,
-                        )
-                        .details(json!({"reason": reason, "interrupted": true})),
+                        NewAuditEntry::new(crate::auth::SYSTEM, "request.failed", reference)
+                            .details(json!({"reason": reason, "interrupted": true})),
                     )
                     .await;
                 match ended_one {
@@ -427,7 +421,7 @@ impl Core {
                     result,
                     reviewer: None,
                 },
-                NewAuditEntry::new(self.now(), actor, action, format!("request:{id}"))
+                NewAuditEntry::new(actor, action, format!("request:{id}"))
                     .details(json!({"reason": reason})),
             )
             .await?)
@@ -465,7 +459,7 @@ impl Core {
                     result: None,
                     reviewer: None,
                 },
-                NewAuditEntry::new(self.now(), actor, "request.run", format!("request:{id}")),
+                NewAuditEntry::new(actor, "request.run", format!("request:{id}")),
             )
             .await?;
         // From here on every outcome ends in `finish`: a request never stays `running`.

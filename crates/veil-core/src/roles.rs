@@ -48,7 +48,7 @@ impl Core {
                     description: description.to_string(),
                     permissions: permissions.clone(),
                 },
-                NewAuditEntry::new(self.now(), p.email(), "role.create", format!("role:{name}"))
+                NewAuditEntry::new(p.email(), "role.create", format!("role:{name}"))
                     .details(json!({"permissions": permissions.to_names()})),
             )
             .await?)
@@ -70,7 +70,7 @@ impl Core {
         self.store
             .delete_role(
                 name,
-                NewAuditEntry::new(self.now(), p.email(), "role.delete", format!("role:{name}"))
+                NewAuditEntry::new(p.email(), "role.delete", format!("role:{name}"))
                     .details(json!({"permissions": role.permissions.to_names()})),
             )
             .await?;

@@ -29,10 +29,10 @@ struct Node {
 async fn node() -> Node {
     let dir = tempfile::tempdir().expect("tempdir");
     let key = AuditKey::derive(&MasterKey::generate());
-    let store = veil_store_sqlite::open(&dir.path().join("t.db"), key.clone())
+    let clock = Arc::new(ManualClock::new(START));
+    let store = veil_store_sqlite::open(&dir.path().join("t.db"), key.clone(), clock.clone())
         .await
         .expect("store");
-    let clock = Arc::new(ManualClock::new(START));
     let core = Core::new(
         Arc::new(store),
         datasets(dir.path()),
@@ -109,9 +109,10 @@ async fn bootstrap_creates_one_owner_once_and_checks_the_given_password() {
     );
     let dir = tempfile::tempdir().expect("tempdir");
     let key = AuditKey::derive(&MasterKey::generate());
-    let store = veil_store_sqlite::open(&dir.path().join("t.db"), key.clone())
-        .await
-        .expect("store");
+    let store =
+        veil_store_sqlite::open(&dir.path().join("t.db"), key.clone(), Arc::new(SystemClock))
+            .await
+            .expect("store");
     let core = Core::new(
         Arc::new(store),
         datasets(dir.path()),
@@ -553,8 +554,7 @@ async fn requests_interrupted_by_a_stop_end_at_the_next_start() {
         delta: Delta::ZERO,
         status,
     };
-    let audit =
-        || veil_store::NewAuditEntry::new(n.core.now(), "ana@lab.org", "request.create", "t");
+    let audit = || veil_store::NewAuditEntry::new("ana@lab.org", "request.create", "t");
     let mut ids = Vec::new();
     for (kind, status) in [
         ("validation", veil_store::RequestStatus::Approved),

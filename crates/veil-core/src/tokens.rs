@@ -56,13 +56,8 @@ impl Core {
                     secret_hash: secret.hash(),
                     expires_at,
                 },
-                NewAuditEntry::new(
-                    self.now(),
-                    p.email(),
-                    "token.create",
-                    format!("token:{}", secret.id()),
-                )
-                .details(json!({"name": name.as_str(), "expires_at": expires_at})),
+                NewAuditEntry::new(p.email(), "token.create", format!("token:{}", secret.id()))
+                    .details(json!({"name": name.as_str(), "expires_at": expires_at})),
             )
             .await?;
         Ok((record, secret))
@@ -81,12 +76,7 @@ impl Core {
             .revoke_token(
                 p.user.id,
                 token_id,
-                NewAuditEntry::new(
-                    self.now(),
-                    p.email(),
-                    "token.revoke",
-                    format!("token:{token_id}"),
-                ),
+                NewAuditEntry::new(p.email(), "token.revoke", format!("token:{token_id}")),
             )
             .await?;
         Ok(())

@@ -63,13 +63,8 @@ impl Core {
         self.insert_with_one_time_password(
             &email,
             role.as_str(),
-            NewAuditEntry::new(
-                self.now(),
-                p.email(),
-                "user.create",
-                format!("user:{email}"),
-            )
-            .details(json!({"role": role.as_str()})),
+            NewAuditEntry::new(p.email(), "user.create", format!("user:{email}"))
+                .details(json!({"role": role.as_str()})),
         )
         .await
     }
@@ -172,13 +167,8 @@ impl Core {
                     role: new_role,
                     disabled: req.disabled,
                 },
-                NewAuditEntry::new(
-                    self.now(),
-                    p.email(),
-                    action,
-                    format!("user:{}", target.email),
-                )
-                .details(details),
+                NewAuditEntry::new(p.email(), action, format!("user:{}", target.email))
+                    .details(details),
             )
             .await?)
     }
@@ -199,7 +189,6 @@ impl Core {
                     keep_token: None,
                 },
                 NewAuditEntry::new(
-                    self.now(),
                     p.email(),
                     "user.password_reset",
                     format!("user:{}", target.email),

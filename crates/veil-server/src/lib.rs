@@ -151,19 +151,19 @@ async fn open_store(config: &ServerConfig, key: AuditKey) -> Result<StoreHandle,
     let store_err = |e: veil_store::StoreError| StartError::Store(e.to_string());
     match config.database_url.as_deref() {
         None => Ok(StoreHandle::Sqlite(Arc::new(
-            veil_store_sqlite::open(&config.data_dir.join("veil.db"), key)
+            veil_store_sqlite::open(&config.data_dir.join("veil.db"), key, config.clock.clone())
                 .await
                 .map_err(store_err)?,
         ))),
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
             Ok(StoreHandle::Postgres(Arc::new(
-                veil_store_postgres::open(url, key)
+                veil_store_postgres::open(url, key, config.clock.clone())
                     .await
                     .map_err(store_err)?,
             )))
         }
         Some(url) if url.starts_with("sqlite:") => Ok(StoreHandle::Sqlite(Arc::new(
-            veil_store_sqlite::open_url(url, key)
+            veil_store_sqlite::open_url(url, key, config.clock.clone())
                 .await
                 .map_err(store_err)?,
         ))),

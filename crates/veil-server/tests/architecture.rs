@@ -195,7 +195,9 @@ fn the_product_binary_links_no_test_or_benchmark_code() {
         );
     }
     // The `testing` and `bench` features are switched on by dev-dependencies and by
-    // veil-bench only, never by a crate the product binary is built from.
+    // veil-bench only, never by a crate the product binary is built from. (That holds for the
+    // product build, `cargo build --release` of the default member; a `--workspace` build
+    // unifies features across members and is for tests.)
     for name in product.iter().filter(|c| all.contains_key(*c)) {
         let Some(deps) = all[name].1.get("dependencies").and_then(|d| d.as_table()) else {
             continue;

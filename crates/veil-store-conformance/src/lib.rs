@@ -74,15 +74,25 @@ macro_rules! conformance_tests {
     };
 }
 
-/// A time for each change, later than the one before: the store reads no clock of its own.
-fn tick() -> Timestamp {
-    static NOW: std::sync::atomic::AtomicI64 =
-        std::sync::atomic::AtomicI64::new(1_700_000_000_000_000);
-    NOW.fetch_add(1_000, std::sync::atomic::Ordering::SeqCst)
+/// A clock for fixtures: a millisecond later at every reading, like a wall clock that never
+/// stands still (the store reads no wall clock of its own).
+#[derive(Debug)]
+pub struct TickingClock(std::sync::atomic::AtomicI64);
+
+impl Default for TickingClock {
+    fn default() -> Self {
+        Self(std::sync::atomic::AtomicI64::new(1_700_000_000_000_000))
+    }
+}
+
+impl Clock for TickingClock {
+    fn now_micros(&self) -> Timestamp {
+        self.0.fetch_add(1_000, std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 fn audit(action: &str) -> NewAuditEntry {
-    NewAuditEntry::new(tick(), "tester@veil.test", action, "test")
+    NewAuditEntry::new("tester@veil.test", action, "test")
 }
 
 fn presets() -> Vec<NewRole> {
@@ -98,10 +108,7 @@ fn presets() -> Vec<NewRole> {
 
 async fn seeded(f: &dyn Fixture) -> Arc<dyn Store> {
     let store = f.store();
-    store
-        .sync_preset_roles(&presets(), tick())
-        .await
-        .expect("presets");
+    store.sync_preset_roles(&presets()).await.expect("presets");
     store
 }
 
@@ -171,7 +178,7 @@ async fn assert_chain_valid(f: &dyn Fixture) -> u64 {
 pub async fn preset_roles_sync_idempotently(f: &dyn Fixture) {
     let store = seeded(f).await;
     store
-        .sync_preset_roles(&presets(), tick())
+        .sync_preset_roles(&presets())
         .await
         .expect("second sync");
     let roles = store.list_roles().await.expect("list");
@@ -186,7 +193,7 @@ pub async fn preset_roles_sync_idempotently(f: &dyn Fixture) {
         .into_iter()
         .collect();
     store
-        .sync_preset_roles(&changed, tick())
+        .sync_preset_roles(&changed)
         .await
         .expect("sync changed");
     let guest = store.get_role("guest").await.expect("get").expect("exists");
@@ -784,7 +791,7 @@ pub async fn every_mutation_extends_a_valid_chain(f: &dyn Fixture) {
         .expect("delete");
     store
         .append_audit(
-            NewAuditEntry::new(tick(), "anonymous", "auth.login", "user:x@y.z")
+            NewAuditEntry::new("anonymous", "auth.login", "user:x@y.z")
                 .outcome(AuditOutcome::Denied)
                 .details(json!({"reason": "bad password", "ip": "127.0.0.1"})),
         )
@@ -824,7 +831,6 @@ pub async fn concurrent_appends_keep_one_linear_chain(f: &dyn Fixture) {
             tokio::spawn(async move {
                 store
                     .append_audit(NewAuditEntry::new(
-                        tick(),
                         "system",
                         "test.concurrent",
                         format!("n{i}"),
@@ -848,7 +854,7 @@ pub async fn audit_filters(f: &dyn Fixture) {
         ("a@x.org", "auth.logout"),
     ] {
         store
-            .append_audit(NewAuditEntry::new(tick(), actor, action, "t"))
+            .append_audit(NewAuditEntry::new(actor, action, "t"))
             .await
             .expect("append");
     }

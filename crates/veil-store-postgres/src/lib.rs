@@ -5,11 +5,12 @@
 //! by `SELECT … FOR UPDATE`. The statements themselves are `veil-store-sql`'s, shared with
 //! SQLite (its docs say why they are safe under concurrent writers).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use veil_crypto::AuditKey;
-use veil_store::{Result, StoreError};
+use veil_store::{Clock, Result, StoreError};
 use veil_store_sql::{Dialect, SqlStore};
 
 /// Scratch databases for tests and benchmarks (the `testing` feature: not in the product).
@@ -46,8 +47,8 @@ impl Dialect for Postgres {
     }
 }
 
-/// Connects to `url` (`postgres://…`) and applies migrations.
-pub async fn open(url: &str, key: AuditKey) -> Result<PostgresStore> {
+/// Connects to `url` (`postgres://…`) and applies migrations; changes are stamped with `clock`.
+pub async fn open(url: &str, key: AuditKey, clock: Arc<dyn Clock>) -> Result<PostgresStore> {
     let pool = PgPoolOptions::new()
         .max_connections(32)
         .acquire_timeout(Duration::from_secs(30))
@@ -58,5 +59,5 @@ pub async fn open(url: &str, key: AuditKey) -> Result<PostgresStore> {
         .run(&pool)
         .await
         .map_err(|e| StoreError::Backend(format!("migrations: {e}")))?;
-    Ok(SqlStore::new(Postgres { pool }, key))
+    Ok(SqlStore::new(Postgres { pool }, key, clock))
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use veil_crypto::AuditKey;
 use veil_store::Store;
-use veil_store_conformance::{Fixture, test_master_key};
+use veil_store_conformance::{Fixture, TickingClock, test_master_key};
 use veil_store_postgres::PostgresStore;
 use veil_store_postgres::testing::{ScratchDatabase, test_server_url};
 
@@ -35,9 +35,13 @@ async fn fresh() -> Option<PgFixture> {
         .await
         .expect("create scratch database");
     let key = AuditKey::derive(&test_master_key());
-    let store = veil_store_postgres::open(db.url(), key.clone())
-        .await
-        .expect("open postgres store");
+    let store = veil_store_postgres::open(
+        db.url(),
+        key.clone(),
+        std::sync::Arc::new(TickingClock::default()),
+    )
+    .await
+    .expect("open postgres store");
     Some(PgFixture {
         store: Arc::new(store),
         key,

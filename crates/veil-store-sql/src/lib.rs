@@ -9,13 +9,16 @@
 //! backends is a [`Dialect`]: which pool reads and which writes, how a write transaction
 //! begins, and how rows read inside one are held until it ends.
 //!
-//! Concurrency: every mutation is one transaction that appends to the audit chain as its
-//! **last** step, reading the chain's head row with the dialect's lock. On PostgreSQL (READ
+//! Concurrency: every mutation is one transaction whose last lock is the audit chain's head
+//! row, read with the dialect's lock (only rows that cite the new entry's sequence number, a
+//! debit's ledger row and request, are written after it). On PostgreSQL (READ
 //! COMMITTED, many writers) that is `SELECT … FOR UPDATE`, and taking that lock last
 //! everywhere keeps lock order consistent (no deadlocks); a debit is one conditional
 //! `UPDATE … WHERE spent + cost <= cap`, which PostgreSQL re-checks after waiting for a
 //! competing writer, so racing debits never overspend. On SQLite the single writer
 //! connection and `BEGIN IMMEDIATE` serialise writers, so no row needs locking.
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use sqlx::{
@@ -49,6 +52,7 @@ pub trait Dialect: Send + Sync + 'static {
 pub struct SqlStore<D> {
     dialect: D,
     key: AuditKey,
+    clock: Arc<dyn Clock>,
 }
 
 impl<D> std::fmt::Debug for SqlStore<D> {
@@ -71,9 +75,17 @@ fn is_foreign_key(e: &sqlx::Error) -> bool {
 
 impl<D: Dialect> SqlStore<D> {
     /// A store over `dialect`'s pools (migrated by the backend), sealing audit entries with
-    /// `key`.
-    pub fn new(dialect: D, key: AuditKey) -> Self {
-        Self { dialect, key }
+    /// `key` and stamping changes with `clock` (the node's).
+    pub fn new(dialect: D, key: AuditKey, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            dialect,
+            key,
+            clock,
+        }
+    }
+
+    fn now(&self) -> Timestamp {
+        self.clock.now_micros()
     }
 
     /// Closes the backend's pools.
@@ -149,7 +161,7 @@ where
         .filter(|h| h.0 > 0)
         .map(rows::audit_head)
         .transpose()?;
-        let (entry, head) = audit::seal_next(&self.key, head.as_ref(), new)?;
+        let (entry, head) = audit::seal_next(&self.key, head.as_ref(), new, self.now())?;
         query(
             "INSERT INTO audit_log (seq, at, actor, action, target, outcome, details, prev_hash, hash, seal)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -314,8 +326,9 @@ where
         D::NAME
     }
 
-    async fn sync_preset_roles(&self, roles: &[NewRole], at: Timestamp) -> Result<()> {
+    async fn sync_preset_roles(&self, roles: &[NewRole]) -> Result<()> {
         let mut tx = self.begin().await?;
+        let at = self.now();
         // One microsecond apart in the order given, so that listings (by creation time) show
         // the presets in their canonical order.
         for (r, created_at) in roles.iter().zip(at..) {
@@ -344,7 +357,7 @@ where
         .bind(&role.name)
         .bind(&role.description)
         .bind(rows::permissions_text(&role.permissions))
-        .bind(audit.at)
+        .bind(self.now())
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| {
@@ -413,7 +426,7 @@ where
 
     async fn create_user(&self, user: &NewUser, audit: NewAuditEntry) -> Result<User> {
         let mut tx = self.begin().await?;
-        let now = audit.at;
+        let now = self.now();
         let row = query_as::<_, rows::UserRow>(concat!(
             "INSERT INTO users (email, role, password_hash, must_change_password, disabled, created_at, updated_at)
              VALUES ($1, $2, $3, $4, FALSE, $5, $6) RETURNING ",
@@ -489,7 +502,7 @@ where
         audit: NewAuditEntry,
     ) -> Result<User> {
         let mut tx = self.begin().await?;
-        let now = audit.at;
+        let now = self.now();
         let changed = query(
             "UPDATE users SET role = COALESCE($1, role), disabled = COALESCE($2, disabled), updated_at = $3
              WHERE id = $4",
@@ -533,7 +546,7 @@ where
         audit: NewAuditEntry,
     ) -> Result<()> {
         let mut tx = self.begin().await?;
-        let now = audit.at;
+        let now = self.now();
         let changed = query(
             "UPDATE users SET password_hash = $1, must_change_password = $2, updated_at = $3 WHERE id = $4",
         )
@@ -584,7 +597,7 @@ where
         .bind(token.kind.as_str())
         .bind(token.name.as_deref())
         .bind(token.secret_hash.as_slice())
-        .bind(audit.at)
+        .bind(self.now())
         .bind(token.expires_at)
         .fetch_one(&mut *tx)
         .await
@@ -668,7 +681,7 @@ where
         let done = query(
             "UPDATE tokens SET revoked_at = $1 WHERE id = $2 AND user_id = $3 AND revoked_at IS NULL",
         )
-        .bind(audit.at)
+        .bind(self.now())
         .bind(token_id)
         .bind(user_id)
         .execute(&mut *tx)
@@ -705,7 +718,7 @@ where
         .bind(rows::scope(cap.dataset.as_deref()))
         .bind(sql_amount(cap.epsilon.units()))
         .bind(sql_amount(cap.delta.units()))
-        .bind(audit.at)
+        .bind(self.now())
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| {
@@ -741,7 +754,7 @@ where
         audit: NewAuditEntry,
     ) -> Result<DebitReceipt> {
         let mut tx = self.begin().await?;
-        let now = audit.at;
+        let now = self.now();
         // Any early return drops `tx`, which rolls back whatever was charged so far.
         let overall = Self::charge(&mut tx, debit, None, now)
             .await?
@@ -829,7 +842,7 @@ where
         .bind(sql_amount(d.rows))
         .bind(sql_amount(d.bytes_stored))
         .bind(&d.created_by)
-        .bind(audit.at)
+        .bind(self.now())
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| {
@@ -893,7 +906,7 @@ where
              WHERE name = $1",
         )
         .bind(name)
-        .bind(audit.at)
+        .bind(self.now())
         .bind(Vec::<u8>::new())
         .execute(&mut *tx)
         .await
@@ -953,7 +966,7 @@ where
         .bind(&key.name)
         .bind(&key.public_key)
         .bind(&key.fingerprint)
-        .bind(audit.at)
+        .bind(self.now())
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| {
@@ -993,7 +1006,7 @@ where
         let done = query(
             "UPDATE signing_keys SET revoked_at = $1 WHERE id = $2 AND user_id = $3 AND revoked_at IS NULL",
         )
-        .bind(audit.at)
+        .bind(self.now())
         .bind(id)
         .bind(user_id)
         .execute(&mut *tx)
@@ -1023,7 +1036,7 @@ where
         .bind(sql_amount(m.size_bytes))
         .bind(&m.summary)
         .bind(m.signed_by.as_deref())
-        .bind(audit.at)
+        .bind(self.now())
         .bind(m.fhe.as_ref().map(|f| f.file_id.as_str()))
         .bind(m.fhe.as_ref().map(|f| f.wrapped_key.as_slice()))
         .bind(m.fhe.as_ref().map(|f| f.summary.as_str()))
@@ -1110,7 +1123,7 @@ where
         .bind(key.user_id)
         .bind(&key.sha256)
         .bind(sql_amount(key.size_bytes))
-        .bind(audit.at)
+        .bind(self.now())
         .bind(key.expires_at)
         .fetch_one(&mut *tx)
         .await
@@ -1177,7 +1190,7 @@ where
 
     async fn create_request(&self, r: &NewRequest, audit: NewAuditEntry) -> Result<RequestRecord> {
         let mut tx = self.begin().await?;
-        let row = Self::insert_request(&mut tx, r, audit.at).await?;
+        let row = Self::insert_request(&mut tx, r, self.now()).await?;
         self.append_in(&mut tx, &audit).await?;
         tx.commit().await.map_err(backend)?;
         rows::request(row)
@@ -1241,7 +1254,7 @@ where
         .bind(t.reason.as_deref())
         .bind(t.result.as_deref())
         .bind(t.reviewer.as_deref())
-        .bind(audit.at)
+        .bind(self.now())
         .bind(id)
         .bind(rows::status_list(&t.from))
         .fetch_optional(&mut *tx)

@@ -11,13 +11,14 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use veil_crypto::AuditKey;
-use veil_store::{Result, StoreError};
+use veil_store::{Clock, Result, StoreError};
 use veil_store_sql::{Dialect, SqlStore};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -57,8 +58,9 @@ fn backend(e: sqlx::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
-/// Opens (creating if needed) the database file at `path` and applies migrations.
-pub async fn open(path: &Path, key: AuditKey) -> Result<SqliteStore> {
+/// Opens (creating if needed) the database file at `path` and applies migrations; changes are
+/// stamped with `clock`.
+pub async fn open(path: &Path, key: AuditKey, clock: Arc<dyn Clock>) -> Result<SqliteStore> {
     let base = SqliteConnectOptions::new()
         .filename(path)
         .journal_mode(SqliteJournalMode::Wal)
@@ -80,12 +82,12 @@ pub async fn open(path: &Path, key: AuditKey) -> Result<SqliteStore> {
         .connect_with(base.read_only(true))
         .await
         .map_err(backend)?;
-    Ok(SqlStore::new(Sqlite { read, write }, key))
+    Ok(SqlStore::new(Sqlite { read, write }, key, clock))
 }
 
 /// Opens from a `sqlite://path` URL (as given to `--database-url`).
-pub async fn open_url(url: &str, key: AuditKey) -> Result<SqliteStore> {
+pub async fn open_url(url: &str, key: AuditKey, clock: Arc<dyn Clock>) -> Result<SqliteStore> {
     let opts = SqliteConnectOptions::from_str(url)
         .map_err(|e| StoreError::Backend(format!("invalid SQLite URL: {e}")))?;
-    open(opts.get_filename(), key).await
+    open(opts.get_filename(), key, clock).await
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use veil_crypto::AuditKey;
 use veil_store::Store;
-use veil_store_conformance::{Fixture, test_master_key};
+use veil_store_conformance::{Fixture, TickingClock, test_master_key};
 use veil_store_sqlite::SqliteStore;
 
 struct SqliteFixture {
@@ -26,9 +26,13 @@ impl Fixture for SqliteFixture {
 async fn fresh() -> SqliteFixture {
     let dir = tempfile::tempdir().expect("temp dir");
     let key = AuditKey::derive(&test_master_key());
-    let store = veil_store_sqlite::open(&dir.path().join("veil.db"), key.clone())
-        .await
-        .expect("open sqlite store");
+    let store = veil_store_sqlite::open(
+        &dir.path().join("veil.db"),
+        key.clone(),
+        std::sync::Arc::new(TickingClock::default()),
+    )
+    .await
+    .expect("open sqlite store");
     SqliteFixture {
         store: Arc::new(store),
         key,

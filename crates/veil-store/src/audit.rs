@@ -5,15 +5,15 @@
 
 use veil_crypto::{AuditKey, ChainInput, Digest, GENESIS_HASH};
 
-use crate::{AuditEntry, AuditHead, NewAuditEntry, StoreError};
+use crate::{AuditEntry, AuditHead, NewAuditEntry, StoreError, Timestamp};
 
 /// Seals `new` as the entry after `head` (or as the first entry if there is no head).
 pub fn seal_next(
     key: &AuditKey,
     head: Option<&AuditHead>,
     new: &NewAuditEntry,
+    at: Timestamp,
 ) -> Result<(AuditEntry, AuditHead), StoreError> {
-    let at = new.at;
     let (prev_seq, prev_hash) = match head {
         None => (0, GENESIS_HASH),
         Some(h) => (h.seq, digest(&h.hash)?),
@@ -202,8 +202,8 @@ mod tests {
         let mut head: Option<AuditHead> = None;
         let mut entries = Vec::new();
         for i in 0..n {
-            let new = NewAuditEntry::new(1_000 + i as i64, "a@b.c", "test.event", format!("t{i}"));
-            let (e, h) = seal_next(key, head.as_ref(), &new).expect("seal");
+            let new = NewAuditEntry::new("a@b.c", "test.event", format!("t{i}"));
+            let (e, h) = seal_next(key, head.as_ref(), &new, 1_000 + i as i64).expect("seal");
             entries.push(e);
             head = Some(h);
         }

@@ -2,7 +2,8 @@
 //!
 //! [`Store`] is the one interface the core talks to; `veil-store-sql` implements it once for
 //! the SQLite and PostgreSQL backends, and `veil-store-conformance` holds the tests every
-//! backend must pass. The store reads no clock: each change's time is its audit entry's.
+//! backend must pass. The store reads no wall clock: it stamps changes with the node's injected
+//! [`Clock`].
 //!
 //! Invariants every backend keeps:
 //! - Every mutating method takes the audit entry describing it and writes both in **one
@@ -125,7 +126,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     // ---- roles
     /// Inserts or updates the preset roles (their permissions are defined in code).
-    async fn sync_preset_roles(&self, roles: &[NewRole], at: Timestamp) -> Result<()>;
+    async fn sync_preset_roles(&self, roles: &[NewRole]) -> Result<()>;
     async fn create_role(&self, role: &NewRole, audit: NewAuditEntry) -> Result<Role>;
     async fn get_role(&self, name: &str) -> Result<Option<Role>>;
     async fn list_roles(&self) -> Result<Vec<Role>>;

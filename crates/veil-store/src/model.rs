@@ -258,12 +258,16 @@ impl AuditOutcome {
     }
 }
 
-/// An audit entry before it is sealed into the chain. Its time is also the time of the
-/// change it describes: the store reads no clock (the caller's is injected, so tests
-/// control it).
+/// The time source a store stamps its changes with: the node's injected clock (tests control
+/// it), never the wall clock read below `veil-core`.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Microseconds since the Unix epoch.
+    fn now_micros(&self) -> Timestamp;
+}
+
+/// An audit entry before it is sealed into the chain.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewAuditEntry {
-    pub at: Timestamp,
     /// Who acted: an email, or `anonymous` / `system`.
     pub actor: String,
     /// Dotted verb, e.g. `user.create`, `auth.login`.
@@ -277,13 +281,11 @@ pub struct NewAuditEntry {
 
 impl NewAuditEntry {
     pub fn new(
-        at: Timestamp,
         actor: impl Into<String>,
         action: impl Into<String>,
         target: impl Into<String>,
     ) -> Self {
         Self {
-            at,
             actor: actor.into(),
             action: action.into(),
             target: target.into(),
