@@ -222,11 +222,22 @@ pub(crate) fn parts_of(kind: &AggKind) -> Vec<Measure> {
     }
 }
 
-/// Exact per-group results, filled by the executor. Readable only inside this crate.
-#[derive(Debug, Clone, Default)]
+/// Exact per-group results, filled by the executor. Readable only inside this crate; its
+/// `Debug` shows the shape (groups, measures), never a key or a value, so no log or panic
+/// message can carry an un-noised figure.
+#[derive(Clone, Default)]
 pub struct ExactResult {
     pub(crate) groups: BTreeMap<Vec<KeyValue>, Vec<Vec<i64>>>,
     pub(crate) measures: Vec<Measure>,
+}
+
+impl std::fmt::Debug for ExactResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExactResult")
+            .field("groups", &self.groups.len())
+            .field("measures", &self.measures.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ExactResult {
@@ -260,5 +271,27 @@ impl ExactResult {
 
     pub fn measure_list(&self) -> &[Measure] {
         &self.measures
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_results_do_not_print_their_keys_or_values() {
+        let mut exact = ExactResult::new(vec![Measure::Rows]);
+        exact.add(
+            vec![KeyValue::Str("oncology-ward-7".into())],
+            0,
+            0,
+            987_654_321,
+        );
+        let shown = format!("{exact:?}");
+        assert!(
+            !shown.contains("987654321") && !shown.contains("oncology"),
+            "{shown}"
+        );
+        assert!(shown.contains("groups: 1"), "{shown}");
     }
 }

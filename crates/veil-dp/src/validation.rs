@@ -337,8 +337,9 @@ fn discrete_laplace(values: Vec<i64>, scale: f64) -> Result<Vec<i64>, crate::Rel
         .map_err(engine_error)
 }
 
-/// Exact validation results, filled row by row by the executor; readable only here.
-#[derive(Debug, Clone)]
+/// Exact validation results, filled row by row by the executor; readable only here. Its
+/// `Debug` shows no count or sum.
+#[derive(Clone)]
 pub struct ExactValidation {
     /// Classification: row-major `classes × (classes + 1)`.
     cells: Vec<i64>,
@@ -348,6 +349,15 @@ pub struct ExactValidation {
     hi: f64,
     fixed: FixedPoint,
     fixed_sq: FixedPoint,
+}
+
+impl std::fmt::Debug for ExactValidation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExactValidation")
+            .field("classes", &self.classes)
+            .field("sums", &self.sums.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ExactValidation {
