@@ -1,7 +1,8 @@
 //! The OpenAPI document, generated from the handlers' annotations and the wire types.
 //!
-//! `tests/openapi.rs` checks it against the endpoint table (same routes, same methods, bearer
-//! security exactly where a token is needed) and validates real responses against its schemas.
+//! `veil-server`'s `tests/it/openapi.rs` checks it against the endpoint table (same routes,
+//! same methods, bearer security exactly where a token is needed) and validates real
+//! responses against its schemas.
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};

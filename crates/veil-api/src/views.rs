@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use veil_api_types::*;
-use veil_store::{AuditEntry, Budget, LedgerEntry, Role, Timestamp, TokenRecord, User};
+use veil_core::records::{AuditEntry, Budget, LedgerEntry, Role, Timestamp, TokenRecord, User};
 
 pub(crate) fn time(micros: Timestamp) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(micros).unwrap_or_default()

@@ -38,6 +38,15 @@ pub use fhe::{FheInferRequest, FhePublish, FheRun, FheSummary};
 pub use models::ModelInfo;
 pub use password_policy::PasswordPolicy;
 pub use principal::Principal;
+
+/// The records this crate's use-cases return as they are stored, named here so that the edges
+/// (HTTP, CLI) depend on `veil-core` alone and never on the store.
+pub mod records {
+    pub use veil_store::{
+        AuditEntry, AuditFilter, Budget, EvaluationKeyRecord, LedgerEntry, RequestRecord,
+        RequestStatus, Role, SigningKeyRecord, Timestamp, TokenRecord, User,
+    };
+}
 pub use rate_limit::RateLimitSettings;
 pub use requests::ValidationRequest;
 pub use users::{UserRef, UserUpdateRequest};

@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use veil_api_types::*;
-use veil_store::AuditFilter;
+use veil_core::records::AuditFilter;
 
 use crate::AppState;
 use crate::error::ApiResult;

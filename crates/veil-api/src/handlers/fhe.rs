@@ -10,7 +10,7 @@ use futures::StreamExt;
 use http::StatusCode;
 use veil_api_types::*;
 use veil_core::FheSummary;
-use veil_store::EvaluationKeyRecord;
+use veil_core::records::EvaluationKeyRecord;
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};

@@ -4,9 +4,9 @@ use axum::Json;
 use axum::extract::{Multipart, State};
 use http::StatusCode;
 use veil_api_types::*;
+use veil_core::records::{RequestRecord, RequestStatus, SigningKeyRecord};
 use veil_core::{ModelInfo, ValidationRequest};
 use veil_ml::{ClassLabels, ModelKind};
-use veil_store::{RequestRecord, RequestStatus, SigningKeyRecord};
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};

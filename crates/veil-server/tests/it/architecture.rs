@@ -123,6 +123,35 @@ fn layers_only_reach_what_they_may_know() {
             &["axum", "sqlx", "veil-core", "veil-store", "clap"],
         ),
     ];
+    // The engines: their own maths, no IO, no runtime, nothing above them.
+    for engine in ["veil-crypto", "veil-dp", "veil-ml", "veil-fhe"] {
+        let reach = closure(&all, engine);
+        for b in [
+            "tokio",
+            "axum",
+            "sqlx",
+            "reqwest",
+            "clap",
+            "veil-store",
+            "veil-core",
+            "veil-datasets",
+        ] {
+            assert!(
+                !reach.contains(b),
+                "the engine {engine} must not depend on {b} (ARCHITECTURE.md)"
+            );
+        }
+    }
+    // The edges reach the store only through veil-core.
+    for edge in ["veil-api", "veil-client", "veil"] {
+        let direct = &all[edge].0;
+        for b in ["veil-store", "veil-store-sql"] {
+            assert!(
+                !direct.contains(b),
+                "{edge} must not use {b} directly: veil-core names what it returns"
+            );
+        }
+    }
     for (krate, banned) in forbidden {
         let reach = closure(&all, krate);
         for b in *banned {

@@ -1,8 +1,6 @@
 //! Datasets and DP queries end to end: real node, real client, encrypted files, OpenDP.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use veil_api_types::*;
 use veil_client::Client;
 

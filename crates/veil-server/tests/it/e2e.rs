@@ -1,11 +1,9 @@
 //! End to end: a real node on port 0, driven through the real client, on each backend.
 //! Walks the user story, then tries bad input of every kind.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use veil_api_types::*;
 use veil_client::HttpMethod;
 

@@ -2,11 +2,9 @@
 //! evaluation key, sends real TFHE ciphertexts, and decrypts exactly what the clear simulator
 //! of the same circuit computes. Bad keys, ciphertexts and widths get their own errors.
 
-mod common;
-
+use crate::common::*;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use common::*;
 use veil_api_types::*;
 use veil_client::Client;
 use veil_fhe::backend::{ClientKey, EncryptedOutputs};

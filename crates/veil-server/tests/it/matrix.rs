@@ -2,11 +2,9 @@
 //! real, each outcome compared with an expectation table written here from PRODUCT.md's role
 //! descriptions, independently of the code that grants permissions.
 
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::*;
+use crate::common::*;
 use veil_api::endpoints::{Access, endpoints};
 use veil_api_types::CreateRoleRequest;
 use veil_client::{Client, HttpMethod};

@@ -1,9 +1,7 @@
 //! Model validation end to end: real ONNX fixtures, encrypted datasets, DP metrics,
 //! requests and reviews, signatures.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use veil_api_types::*;
 use veil_client::Client;
 

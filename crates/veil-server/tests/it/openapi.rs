@@ -2,11 +2,9 @@
 //! the endpoint table, bearer security exactly where a token is required, and real responses
 //! that validate against the documented schemas.
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use veil_api::endpoints::{Access, endpoints};
 use veil_api_types::{AuditQuery, SetBudgetRequest};

@@ -1,9 +1,7 @@
 //! Tamper evidence: the audit log is edited, cut and rewritten directly in the SQLite file,
 //! and the master key is swapped or lost; the node must notice and say exactly what.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use sqlx::Connection as _;
 use veil_server::{MasterKeyError, StartError, prepare};
 

@@ -1,9 +1,7 @@
 //! TLS: a node started with a certificate serves HTTPS only, and a client trusting that
 //! certificate's CA talks to it.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use veil_client::{Client, ClientOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
