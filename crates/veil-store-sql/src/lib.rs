@@ -73,6 +73,39 @@ fn is_foreign_key(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_foreign_key_violation())
 }
 
+/// A write refused because a unique key of `entity` is taken: `Conflict(entity)`.
+fn taken(entity: Entity) -> impl Fn(sqlx::Error) -> StoreError {
+    move |e| {
+        if is_unique(&e) {
+            StoreError::Conflict(entity)
+        } else {
+            backend(e)
+        }
+    }
+}
+
+/// A write refused because the `entity` it refers to does not exist: `NotFound(entity)`.
+fn missing(entity: Entity) -> impl Fn(sqlx::Error) -> StoreError {
+    move |e| {
+        if is_foreign_key(&e) {
+            StoreError::NotFound(entity)
+        } else {
+            backend(e)
+        }
+    }
+}
+
+/// [`taken`] for the row's own key, [`missing`] for what it refers to.
+fn taken_or_missing(own: Entity, referred: Entity) -> impl Fn(sqlx::Error) -> StoreError {
+    move |e| {
+        if is_unique(&e) {
+            StoreError::Conflict(own)
+        } else {
+            missing(referred)(e)
+        }
+    }
+}
+
 impl<D: Dialect> SqlStore<D> {
     /// A store over `dialect`'s pools (migrated by the backend), sealing audit entries with
     /// `key` and stamping changes with `clock` (the node's).
@@ -189,6 +222,17 @@ where
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
+        Ok(entry)
+    }
+
+    /// Ends a mutation: appends its audit entry (the transaction's last lock) and commits.
+    async fn commit_with(
+        &self,
+        mut tx: sqlx::Transaction<'static, D::Db>,
+        audit: &NewAuditEntry,
+    ) -> Result<AuditEntry> {
+        let entry = self.append_in(&mut tx, audit).await?;
+        tx.commit().await.map_err(backend)?;
         Ok(entry)
     }
 
@@ -360,15 +404,8 @@ where
         .bind(self.now())
         .fetch_one(&mut *tx)
         .await
-        .map_err(|e| {
-            if is_unique(&e) {
-                StoreError::Conflict(Entity::Role)
-            } else {
-                backend(e)
-            }
-        })?;
-        self.append_in(&mut tx, &audit).await?;
-        tx.commit().await.map_err(backend)?;
+        .map_err(taken(Entity::Role))?;
+        self.commit_with(tx, &audit).await?;
         rows::role(row)
     }
 
@@ -420,8 +457,8 @@ where
         if D::rows_affected(&deleted) == 0 {
             return Err(StoreError::NotFound(Entity::Role));
         }
-        self.append_in(&mut tx, &audit).await?;
-        tx.commit().await.map_err(backend)
+        self.commit_with(tx, &audit).await?;
+        Ok(())
     }
 
     async fn create_user(&self, user: &NewUser, audit: NewAuditEntry) -> Result<User> {
@@ -440,17 +477,8 @@ where
         .bind(now)
         .fetch_one(&mut *tx)
         .await
-        .map_err(|e| {
-            if is_unique(&e) {
-                StoreError::Conflict(Entity::User)
-            } else if is_foreign_key(&e) {
-                StoreError::NotFound(Entity::Role)
-            } else {
-                backend(e)
-            }
-        })?;
-        self.append_in(&mut tx, &audit).await?;
-        tx.commit().await.map_err(backend)?;
+        .map_err(taken_or_missing(Entity::User, Entity::Role))?;
+        self.commit_with(tx, &audit).await?;
         Ok(rows::user(row))
     }
 
@@ -513,13 +541,7 @@ where
         .bind(id)
         .execute(&mut *tx)
         .await
-        .map_err(|e| {
-            if is_foreign_key(&e) {
-                StoreError::NotFound(Entity::Role)
-            } else {
-                backend(e)
-            }
-        })?;
+        .map_err(missing(Entity::Role))?;
         if D::rows_affected(&changed) == 0 {
             return Err(StoreError::NotFound(Entity::User));
         }
@@ -534,8 +556,7 @@ where
         let user = Self::user_in(&mut tx, id)
             .await?
             .ok_or(StoreError::NotFound(Entity::User))?;
-        self.append_in(&mut tx, &audit).await?;
-        tx.commit().await.map_err(backend)?;
+        self.commit_with(tx, &audit).await?;
         Ok(user)
     }
 
@@ -570,8 +591,8 @@ where
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
-        self.append_in(&mut tx, &audit).await?;
-        tx.commit().await.map_err(backend)
+        self.commit_with(tx, &audit).await?;
+        Ok(())
     }
 
     async fn count_enabled_users_with_role(&self, role: &str) -> Result<u64> {
@@ -601,17 +622,8 @@ where
         .bind(token.expires_at)
         .fetch_one(&mut *tx)
         .await
-        .map_err(|e| {
-            if is_unique(&e) {
-                StoreError::Conflict(Entity::Token)
-            } else if is_foreign_key(&e) {
-                StoreError::NotFound(Entity::User)
-            } else {
-                backend(e)
-            }
-        })?;
-        self.append_in(&mut tx, &audit).await?;
-        tx.commit().await.map_err(backend)?;
+        .map_err(taken_or_missing(Entity::Token, Entity::User))?;
+        self.commit_with(tx, &audit).await?;
         rows::token(row)
     }
 
@@ -690,8 +702,8 @@ where
         if D::rows_affected(&done) == 0 {
             return Err(StoreError::NotFound(Entity::Token));
         }
-        self.append_in(&mut tx, &audit).await?;
-        tx.commit().await.map_err(backend)
+        self.commit_with(tx, &audit).await?;
+        Ok(())
     }
 
     async fn touch_token(&self, token_id: &str, at: Timestamp) -> Result<()> {
@@ -721,15 +733,8 @@ where
         .bind(self.now())
         .fetch_one(&mut *tx)
         .await
-        .map_err(|e| {
-            if is_foreign_key(&e) {
-                StoreError::NotFound(Entity::User)
-            } else {
-                backend(e)
-            }
-        })?;
-        self.append_in(&mut tx, &audit).await?;
-        tx.commit().await.map_err(backend)?;
+        .map_err(missing(Entity::User))?;
+        self.commit_with(tx, &audit).await?;
         rows::budget(row)
     }
 
@@ -845,16 +850,9 @@ where
         .bind(self.now())
         .fetch_optional(&mut *tx)
         .await
-        .map_err(|e| {
-            if is_unique(&e) {
-                StoreError::Conflict(Entity::Dataset)
-            } else {
-                backend(e)
-            }
-        })?
+        .map_err(taken(Entity::Dataset))?
         .ok_or(StoreError::Conflict(Entity::Dataset))?;
-        self.append_in(&mut tx, &audit).await?;
-        tx.commit().await.map_err(backend)?;
+        self.commit_with(tx, &audit).await?;
         rows::dataset(row)
     }
 
@@ -911,8 +909,7 @@ where
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
-        self.append_in(&mut tx, &audit).await?;
-        tx.commit().await.map_err(backend)?;
+        self.commit_with(tx, &audit).await?;
         rows::dataset(row)
     }
 
@@ -946,8 +943,7 @@ where
         .await
         .map_err(backend)?
         .ok_or(StoreError::NotFound(Entity::Dataset))?;
-        self.append_in(&mut tx, &audit).await?;
-        tx.commit().await.map_err(backend)?;
+        self.commit_with(tx, &audit).await?;
         rows::dataset(row)
     }
 
@@ -969,15 +965,8 @@ where
         .bind(self.now())
         .fetch_one(&mut *tx)
         .await
-        .map_err(|e| {
-            if is_unique(&e) {
-                StoreError::Conflict(Entity::SigningKey)
-            } else {
-                backend(e)
-            }
-        })?;
-        self.append_in(&mut tx, &audit).await?;
-        tx.commit().await.map_err(backend)?;
+        .map_err(taken(Entity::SigningKey))?;
+        self.commit_with(tx, &audit).await?;
         Ok(rows::signing_key(row))
     }
 
@@ -1015,8 +1004,8 @@ where
         if D::rows_affected(&done) == 0 {
             return Err(StoreError::NotFound(Entity::SigningKey));
         }
-        self.append_in(&mut tx, &audit).await?;
-        tx.commit().await.map_err(backend)
+        self.commit_with(tx, &audit).await?;
+        Ok(())
     }
 
     async fn create_model(&self, m: &NewModel, audit: NewAuditEntry) -> Result<ModelRecord> {
@@ -1043,15 +1032,8 @@ where
         .bind(m.private)
         .fetch_one(&mut *tx)
         .await
-        .map_err(|e| {
-            if is_unique(&e) {
-                StoreError::Conflict(Entity::Model)
-            } else {
-                backend(e)
-            }
-        })?;
-        self.append_in(&mut tx, &audit).await?;
-        tx.commit().await.map_err(backend)?;
+        .map_err(taken(Entity::Model))?;
+        self.commit_with(tx, &audit).await?;
         rows::model(row)
     }
 
@@ -1103,8 +1085,7 @@ where
         if deleted.is_empty() {
             return Err(StoreError::NotFound(Entity::Model));
         }
-        self.append_in(&mut tx, &audit).await?;
-        tx.commit().await.map_err(backend)?;
+        self.commit_with(tx, &audit).await?;
         deleted.into_iter().map(rows::model).collect()
     }
 
@@ -1127,15 +1108,8 @@ where
         .bind(key.expires_at)
         .fetch_one(&mut *tx)
         .await
-        .map_err(|e| {
-            if is_unique(&e) {
-                StoreError::Conflict(Entity::EvaluationKey)
-            } else {
-                backend(e)
-            }
-        })?;
-        self.append_in(&mut tx, &audit).await?;
-        tx.commit().await.map_err(backend)?;
+        .map_err(taken(Entity::EvaluationKey))?;
+        self.commit_with(tx, &audit).await?;
         rows::evaluation_key(row)
     }
 
@@ -1184,15 +1158,14 @@ where
         if D::rows_affected(&done) == 0 {
             return Err(StoreError::NotFound(Entity::EvaluationKey));
         }
-        self.append_in(&mut tx, &audit).await?;
-        tx.commit().await.map_err(backend)
+        self.commit_with(tx, &audit).await?;
+        Ok(())
     }
 
     async fn create_request(&self, r: &NewRequest, audit: NewAuditEntry) -> Result<RequestRecord> {
         let mut tx = self.begin().await?;
         let row = Self::insert_request(&mut tx, r, self.now()).await?;
-        self.append_in(&mut tx, &audit).await?;
-        tx.commit().await.map_err(backend)?;
+        self.commit_with(tx, &audit).await?;
         rows::request(row)
     }
 
@@ -1273,16 +1246,13 @@ where
                 StoreError::NotFound(Entity::Request)
             });
         };
-        self.append_in(&mut tx, &audit).await?;
-        tx.commit().await.map_err(backend)?;
+        self.commit_with(tx, &audit).await?;
         rows::request(row)
     }
 
     async fn append_audit(&self, entry: NewAuditEntry) -> Result<AuditEntry> {
-        let mut tx = self.begin().await?;
-        let e = self.append_in(&mut tx, &entry).await?;
-        tx.commit().await.map_err(backend)?;
-        Ok(e)
+        let tx = self.begin().await?;
+        self.commit_with(tx, &entry).await
     }
 
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
