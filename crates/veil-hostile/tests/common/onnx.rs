@@ -230,11 +230,9 @@ pub fn first_row_classifier(features: usize, feature: usize, threshold: f32) -> 
     g.finish(&scores, &[None, Some(2)])
 }
 
-/// A regressor that fails on every row except those whose `feature` is 0 or `target`: it
-/// reads a one-element table at an index that is 0 only there. Run on batches with a
-/// row-by-row fallback, its run succeeded only when the target was present.
-pub fn fail_unless_regressor(features: usize, feature: usize, target: f32) -> Vec<u8> {
-    let mut g = Graph::new(features);
+/// `value`, read from a one-element table at an index computed from the row: 0 (valid) only
+/// where `feature` is 0 or `target`, out of range (a failing read) everywhere else.
+fn lookup_valid_only_at(g: &mut Graph, feature: usize, target: f32, value: f32) -> String {
     let x0 = g.feature(feature);
     let t = g.scalar(target);
     let d = g.op("Sub", &[&x0, &t], vec![]);
@@ -245,8 +243,16 @@ pub fn fail_unless_regressor(features: usize, feature: usize, target: f32) -> Ve
     let idx = g.op("Cast", &[&scaled], vec![int_attr("to", i64::from(INT64))]);
     let flat_shape = g.ints(&[1], vec![-1]);
     let idx = g.op("Reshape", &[&idx, &flat_shape], vec![]);
-    let table = g.floats(&[1, 1], vec![500.0]);
-    let out = g.op("Gather", &[&table, &idx], vec![int_attr("axis", 0)]);
+    let table = g.floats(&[1, 1], vec![value]);
+    g.op("Gather", &[&table, &idx], vec![int_attr("axis", 0)])
+}
+
+/// A regressor that fails on every row except those whose `feature` is 0 or `target`: it
+/// reads a one-element table at an index that is 0 only there. Run on batches with a
+/// row-by-row fallback, its run succeeded only when the target was present.
+pub fn fail_unless_regressor(features: usize, feature: usize, target: f32) -> Vec<u8> {
+    let mut g = Graph::new(features);
+    let out = lookup_valid_only_at(&mut g, feature, target, 500.0);
     g.finish(&out, &[None, Some(1)])
 }
 
@@ -296,18 +302,7 @@ pub fn fast_unless_target_regressor(
     layers: usize,
 ) -> Vec<u8> {
     let mut g = Graph::new(features);
-    let x0 = g.feature(feature);
-    let t = g.scalar(target);
-    let d = g.op("Sub", &[&x0, &t], vec![]);
-    let p = g.op("Mul", &[&x0, &d], vec![]);
-    let a = g.op("Abs", &[&p], vec![]);
-    let big = g.scalar(1e6);
-    let scaled = g.op("Mul", &[&a, &big], vec![]);
-    let idx = g.op("Cast", &[&scaled], vec![int_attr("to", i64::from(INT64))]);
-    let flat_shape = g.ints(&[1], vec![-1]);
-    let idx = g.op("Reshape", &[&idx, &flat_shape], vec![]);
-    let table = g.floats(&[1, 1], vec![1.0]);
-    let looked_up = g.op("Gather", &[&table, &idx], vec![int_attr("axis", 0)]);
+    let looked_up = lookup_valid_only_at(&mut g, feature, target, 1.0);
     let spread: Vec<f32> = (0..width).map(|i| 1.0 + (i % 7) as f32 / 7.0).collect();
     let spread = g.floats(&[1, width as i64], spread);
     let mut h = g.op("MatMul", &[&looked_up, &spread], vec![]);
