@@ -2,7 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use veil_api_types::*;
-use veil_core::records::{AuditEntry, Budget, LedgerEntry, Role, Timestamp, TokenRecord, User};
+use veil_core::Token;
+use veil_core::records::{AuditEntry, Budget, LedgerEntry, Role, Timestamp, User};
 
 pub(crate) fn time(micros: Timestamp) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(micros).unwrap_or_default()
@@ -28,7 +29,7 @@ pub(crate) fn role(r: Role) -> RoleView {
     }
 }
 
-pub(crate) fn token(t: TokenRecord, now: Timestamp) -> TokenView {
+pub(crate) fn token(t: Token, now: Timestamp) -> TokenView {
     TokenView {
         active: t.is_active(now),
         id: t.id,

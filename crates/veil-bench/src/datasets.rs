@@ -19,33 +19,8 @@ use veil_server::testing::RunningNode;
 
 use veil::output::{Table, print_json};
 
-const MANIFEST: &str = r#"description = "Generated benchmark data"
-[privacy]
-unit = "row"
-[columns.age]
-type = "int"
-bounds = [0, 110]
-[columns.sex]
-type = "category"
-categories = ["F", "M"]
-[columns.income]
-type = "float"
-bounds = [0.0, 500000.0]
-[columns.bmi]
-type = "float"
-bounds = [12.0, 60.0]
-[columns.diagnosis]
-type = "category"
-categories = ["healthy", "diabetes", "hypertension", "asthma", "cancer"]
-[columns.region]
-type = "category"
-categories = ["north", "south", "east", "west"]
-[columns.smoker]
-type = "bool"
-[columns.visit]
-type = "date"
-bounds = ["2015-01-01", "2025-12-31"]
-"#;
+/// The demo node's patients manifest: the generator below writes rows of that shape.
+const MANIFEST: &str = veil_server::DEMO_PATIENTS_MANIFEST;
 
 /// The benchmark query: a GROUP BY with three aggregates.
 const SQL: &str = "SELECT region, COUNT(*), AVG(income), SUM(bmi) FROM bench GROUP BY region";

@@ -44,11 +44,12 @@ pub use principal::Principal;
 pub mod records {
     pub use veil_store::{
         AuditEntry, AuditFilter, Budget, EvaluationKeyRecord, LedgerEntry, RequestRecord,
-        RequestStatus, Role, SigningKeyRecord, Timestamp, TokenRecord, User,
+        RequestStatus, Role, SigningKeyRecord, Timestamp, TokenKind, User,
     };
 }
 pub use rate_limit::RateLimitSettings;
 pub use requests::ValidationRequest;
+pub use tokens::Token;
 pub use users::{UserRef, UserUpdateRequest};
 
 use tokio::sync::Semaphore;

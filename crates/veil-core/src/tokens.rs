@@ -4,10 +4,59 @@ use std::time::Duration;
 
 use serde_json::json;
 use veil_crypto::TokenSecret;
+use veil_store::Timestamp;
 use veil_store::{NewAuditEntry, NewToken, TokenKind, TokenRecord};
 use veil_types::TokenName;
+use veil_types::UserId;
 
 use crate::{Core, CoreError, Principal, Result, micros};
+
+/// A token as its owner may see it: everything the store keeps but the secret's hash, which
+/// never leaves `veil-core` (it is only ever compared, in authentication).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    pub id: String,
+    pub user_id: UserId,
+    pub kind: TokenKind,
+    pub name: Option<String>,
+    pub created_at: Timestamp,
+    pub expires_at: Option<Timestamp>,
+    pub revoked_at: Option<Timestamp>,
+    pub last_used_at: Option<Timestamp>,
+}
+
+impl Token {
+    /// Neither revoked nor expired at `now`.
+    pub fn is_active(&self, now: Timestamp) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|e| e > now)
+    }
+}
+
+impl From<TokenRecord> for Token {
+    fn from(t: TokenRecord) -> Self {
+        let TokenRecord {
+            id,
+            user_id,
+            kind,
+            name,
+            secret_hash: _,
+            created_at,
+            expires_at,
+            revoked_at,
+            last_used_at,
+        } = t;
+        Token {
+            id,
+            user_id,
+            kind,
+            name,
+            created_at,
+            expires_at,
+            revoked_at,
+            last_used_at,
+        }
+    }
+}
 
 impl Core {
     /// Creates an API token for the caller. It carries the caller's permissions (through
@@ -18,7 +67,7 @@ impl Core {
         p: &Principal,
         name: &str,
         ttl: Option<Duration>,
-    ) -> Result<(TokenRecord, TokenSecret)> {
+    ) -> Result<(Token, TokenSecret)> {
         p.ensure_active()?;
         let name = TokenName::parse(name).map_err(|e| CoreError::InvalidInput(e.to_string()))?;
         if ttl.is_some_and(|t| t.is_zero()) {
@@ -60,13 +109,14 @@ impl Core {
                     .details(json!({"name": name.as_str(), "expires_at": expires_at})),
             )
             .await?;
-        Ok((record, secret))
+        Ok((record.into(), secret))
     }
 
     /// The caller's own tokens (sessions and API tokens), including revoked and expired ones.
-    pub async fn list_tokens(&self, p: &Principal) -> Result<Vec<TokenRecord>> {
+    pub async fn list_tokens(&self, p: &Principal) -> Result<Vec<Token>> {
         p.ensure_active()?;
-        Ok(self.store.list_tokens(p.user.id).await?)
+        let tokens = self.store.list_tokens(p.user.id).await?;
+        Ok(tokens.into_iter().map(Token::from).collect())
     }
 
     /// Revokes one of the caller's own tokens by id.

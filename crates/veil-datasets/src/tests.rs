@@ -10,25 +10,7 @@ use veil_dp::{Cell, Manifest, QueryOptions, cost, release, sql};
 
 use super::*;
 
-const MANIFEST: &str = r#"
-    [privacy]
-    unit = "row"
-    [columns.age]
-    type = "int"
-    bounds = [0, 120]
-    [columns.sex]
-    type = "category"
-    categories = ["F", "M"]
-    [columns.income]
-    type = "float"
-    bounds = [0.0, 500000.0]
-    [columns.visit]
-    type = "date"
-    bounds = ["2000-01-01", "2030-12-31"]
-    [columns.city]
-    type = "text"
-    nullable = true
-"#;
+const MANIFEST: &str = include_str!("../../../fixtures/patients.toml");
 
 fn storage() -> (tempfile::TempDir, Storage) {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -447,27 +447,7 @@ impl Manifest {
 mod tests {
     use super::*;
 
-    pub(crate) const PATIENTS: &str = r#"
-        description = "Synthetic patients"
-        [privacy]
-        unit = "row"
-
-        [columns.age]
-        type = "int"
-        bounds = [0, 120]
-
-        [columns.sex]
-        type = "category"
-        categories = ["F", "M"]
-
-        [columns.income]
-        type = "float"
-        bounds = [0.0, 500000.0]
-
-        [columns.visit]
-        type = "date"
-        bounds = ["2000-01-01", "2030-12-31"]
-    "#;
+    const PATIENTS: &str = include_str!("../../../fixtures/patients.toml");
 
     #[test]
     fn bucket_starts_are_right_for_every_day_a_manifest_allows() {
@@ -497,7 +477,7 @@ mod tests {
     fn parses_the_product_example() {
         let m = Manifest::parse(PATIENTS).expect("valid");
         assert_eq!(m.unit, PrivacyUnit::Row);
-        assert_eq!(m.columns.len(), 4);
+        assert_eq!(m.columns.len(), 5);
         assert_eq!(
             m.column("age").map(|c| &c.ty),
             Some(&ColumnType::Int { lo: 0, hi: 120 })

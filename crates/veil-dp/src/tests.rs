@@ -11,27 +11,11 @@ use crate::plan::*;
 use crate::release::{Cell, cost, release};
 use crate::sql::plan;
 
-const PATIENTS: &str = r#"
-    [privacy]
-    unit = "row"
-    [columns.age]
-    type = "int"
-    bounds = [0, 120]
-    [columns.sex]
-    type = "category"
-    categories = ["F", "M"]
-    [columns.income]
-    type = "float"
-    bounds = [0.0, 500000.0]
-    [columns.visit]
-    type = "date"
-    bounds = ["2000-01-01", "2030-12-31"]
-    [columns.city]
-    type = "text"
-    [columns.smoker]
-    type = "bool"
-    nullable = true
-"#;
+/// The shared patients manifest, with a nullable boolean column for the planner's predicates.
+const PATIENTS: &str = concat!(
+    include_str!("../../../fixtures/patients.toml"),
+    "\n[columns.smoker]\ntype = \"bool\"\nnullable = true\n"
+);
 
 fn manifest() -> Manifest {
     Manifest::parse(PATIENTS).expect("valid manifest")

@@ -46,82 +46,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::FheError;
 use crate::circuit::{Circuit, LUT_BITS, LUT_SIZE, Op, ValueId};
+use crate::client::{ClientSpec, Fidelity, Quantiser, RangeCheck, one, quantise, scores};
 use crate::model::{Dense, FloatModel, Forest, Head, Network};
 use crate::noise::Params;
 
 mod negacyclic;
-
-/// How the client turns one feature into the integer(s) it encrypts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Quantiser {
-    /// `clamp(round((x - lo) / step), 0, levels - 1)`.
-    Uniform { lo: f64, step: f64, levels: u32 },
-    /// The number of cut points `x` exceeds.
-    Cuts { cuts: Vec<f64> },
-    /// One encrypted input per chunk (of at most 15 sorted cuts): the number of the chunk's
-    /// cut points `x` exceeds.
-    CutChunks { chunks: Vec<Vec<f64>> },
-}
-
-impl Quantiser {
-    /// The one integer of a single-input quantiser; for [`Quantiser::CutChunks`], the number
-    /// of all its cuts `x` exceeds.
-    pub fn apply(&self, x: f64) -> i64 {
-        match self {
-            Quantiser::Uniform { lo, step, levels } => {
-                let max = f64::from(levels - 1);
-                if x.is_nan() {
-                    return 0;
-                }
-                ((x - lo) / step).round().clamp(0.0, max) as i64
-            }
-            Quantiser::Cuts { cuts } => exceeded(cuts, x),
-            Quantiser::CutChunks { chunks } => chunks.iter().map(|c| exceeded(c, x)).sum(),
-        }
-    }
-
-    /// Distinct values the feature is quantised to.
-    pub fn levels(&self) -> u32 {
-        let count = match self {
-            Quantiser::Uniform { levels, .. } => return *levels,
-            Quantiser::Cuts { cuts } => cuts.len(),
-            Quantiser::CutChunks { chunks } => chunks.iter().map(Vec::len).sum(),
-        };
-        u32::try_from(count).map_or(u32::MAX, |c| c.saturating_add(1))
-    }
-
-    /// The integers each of this feature's encrypted inputs can take, inclusive: the legal
-    /// input box, per input.
-    pub fn input_ranges(&self) -> Vec<(i64, i64)> {
-        let top = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-        match self {
-            Quantiser::Uniform { levels, .. } => vec![(0, i64::from(*levels) - 1)],
-            Quantiser::Cuts { cuts } => vec![(0, top(cuts.len()))],
-            Quantiser::CutChunks { chunks } => chunks.iter().map(|c| (0, top(c.len()))).collect(),
-        }
-    }
-
-    /// Encrypted inputs this feature becomes.
-    pub fn inputs(&self) -> usize {
-        match self {
-            Quantiser::CutChunks { chunks } => chunks.len(),
-            _ => 1,
-        }
-    }
-
-    /// Appends this feature's encrypted inputs' integers.
-    fn apply_into(&self, x: f64, out: &mut Vec<i64>) {
-        match self {
-            Quantiser::CutChunks { chunks } => out.extend(chunks.iter().map(|c| exceeded(c, x))),
-            q => out.push(q.apply(x)),
-        }
-    }
-}
-
-fn exceeded(cuts: &[f64], x: f64) -> i64 {
-    cuts.iter().filter(|c| x > **c).count() as i64
-}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CompileOptions {
@@ -216,22 +145,6 @@ pub struct CompiledModel {
     pub output_shifts: Vec<u32>,
 }
 
-fn one() -> usize {
-    1
-}
-
-/// Accumulators (values a bootstrap reads whole, or the cleared design's 8-bit sums) checked
-/// by interval arithmetic over every legal input, not only the calibration rows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RangeCheck {
-    pub accumulators: usize,
-    /// How many can leave their range for some legal input unlike every calibration row: 0 for
-    /// linear models, forests and networks sized to the input box, except a deeper network's
-    /// accumulators fed by earlier bootstraps (always sized to the calibration rows). A wrapped
-    /// accumulator gives a wrong score, never a wrong decryption.
-    pub may_wrap: usize,
-}
-
 impl CompiledModel {
     pub fn n_features(&self) -> usize {
         self.quantisers.len()
@@ -260,101 +173,6 @@ impl CompiledModel {
     }
 }
 
-/// Quantises one sample's features (width checked) into the integers the client encrypts.
-fn quantise(quantisers: &[Quantiser], x: &[f64]) -> Result<Vec<i64>, FheError> {
-    if x.len() != quantisers.len() {
-        return Err(FheError::Input(format!(
-            "expected {} features, got {}",
-            quantisers.len(),
-            x.len()
-        )));
-    }
-    let mut out = Vec::with_capacity(quantisers.iter().map(Quantiser::inputs).sum());
-    for (q, v) in quantisers.iter().zip(x) {
-        q.apply_into(*v, &mut out);
-    }
-    Ok(out)
-}
-
-/// Decrypted output integers back to scores: partial sums unshifted and added, then scaled.
-fn scores(outputs: &[i64], output_scale: f64, per_score: usize, shifts: &[u32]) -> Vec<f64> {
-    let per_score = per_score.max(1);
-    outputs
-        .chunks(per_score)
-        .enumerate()
-        .map(|(k, c)| {
-            let sum: f64 = c
-                .iter()
-                .enumerate()
-                .map(|(i, &o)| {
-                    let shift = shifts.get(k * per_score + i).copied().unwrap_or(0);
-                    o as f64 / (shift.min(62) as f64).exp2()
-                })
-                .sum();
-            sum / output_scale
-        })
-        .collect()
-}
-
-/// What a client needs to use a compiled model: how to quantise and encrypt inputs, how to
-/// read decrypted outputs. Public, and not only ranges: [`ClientSpec::disclosure`] lists all it
-/// reveals (rounded feature ranges, a forest's exact thresholds, the architecture, calibration
-/// statistics), which the creator confirms before publishing.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ClientSpec {
-    pub kind: String,
-    pub quantisers: Vec<Quantiser>,
-    /// Encoding (bits) each input feature is encrypted at.
-    pub input_bits: Vec<u32>,
-    /// Encoding each output is decrypted at.
-    pub output_bits: Vec<u32>,
-    pub output_scale: f64,
-    pub head: Head,
-    /// Output ciphertexts added into each score (see [`CompiledModel::outputs_per_score`]).
-    #[serde(default = "one")]
-    pub outputs_per_score: usize,
-    /// See [`CompiledModel::output_shifts`].
-    #[serde(default)]
-    pub output_shifts: Vec<u32>,
-    pub pbs_per_sample: usize,
-    /// Worst failure probability (log2) of any one read.
-    pub log2_p_fail: f64,
-    /// Failure probability (log2) of a whole sample: any of its reads (a union bound).
-    #[serde(default)]
-    pub log2_p_fail_sample: Option<f64>,
-    /// The accumulators checked over the legal input box.
-    #[serde(default)]
-    pub range_check: Option<RangeCheck>,
-    /// The circuit against the float model on the calibration rows.
-    pub fidelity: Fidelity,
-}
-
-impl ClientSpec {
-    pub fn n_features(&self) -> usize {
-        self.quantisers.len()
-    }
-
-    pub fn quantise(&self, x: &[f64]) -> Result<Vec<i64>, FheError> {
-        if x.iter().any(|v| !v.is_finite()) {
-            return Err(FheError::Input("inputs must be finite numbers".into()));
-        }
-        quantise(&self.quantisers, x)
-    }
-
-    pub fn scores(&self, outputs: &[i64]) -> Vec<f64> {
-        scores(
-            outputs,
-            self.output_scale,
-            self.outputs_per_score,
-            &self.output_shifts,
-        )
-    }
-
-    pub fn label(&self, outputs: &[i64]) -> Option<String> {
-        self.head.label(&self.scores(outputs))
-    }
-}
-
 impl CompiledModel {
     pub fn client_spec(&self, fidelity: Fidelity) -> ClientSpec {
         ClientSpec {
@@ -373,111 +191,6 @@ impl CompiledModel {
             fidelity,
         }
     }
-}
-
-/// Everything a model's public client spec reveals, item by item, for its creator to read and
-/// confirm before the model is published: anyone allowed to run encrypted inference receives
-/// the spec. Built from the spec itself, so it cannot list less than is published.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Disclosure {
-    /// The circuit's shape, e.g. `network 1×30 relu` (layer widths, tree count).
-    pub architecture: String,
-    /// Per input feature, what its quantiser publishes.
-    pub features: Vec<FeatureDisclosure>,
-    /// The score names (class labels).
-    pub classes: Vec<String>,
-    /// Encrypted inputs per sample and their encodings (bits).
-    pub input_bits: Vec<u32>,
-    /// Output ciphertexts per sample, their encodings, and how many make one score.
-    pub output_bits: Vec<u32>,
-    pub outputs_per_score: usize,
-    /// The factor from output integers to scores: a bound on the model's weights or leaves.
-    pub output_scale: f64,
-    pub pbs_per_sample: usize,
-    /// Statistics of the creator's calibration rows: how many, and how the circuit agrees
-    /// with the float model on them.
-    pub calibration_rows: usize,
-    pub fidelity: Fidelity,
-    /// What a data user learns by running the model, beyond the spec (the circuit-privacy
-    /// level), in words.
-    pub data_users_learn: Vec<String>,
-}
-
-/// What one feature's quantiser publishes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum FeatureDisclosure {
-    /// A range (the calibration range rounded outward, see `column_range`) and level count.
-    Range { lo: f64, hi: f64, levels: u32 },
-    /// Every threshold the model's trees compare the feature with, exactly: scikit-learn puts
-    /// each halfway between two training values.
-    Thresholds { values: Vec<f64> },
-}
-
-impl ClientSpec {
-    /// What publishing this spec reveals (see [`Disclosure`]).
-    pub fn disclosure(&self, calibration_rows: usize) -> Disclosure {
-        let features = self
-            .quantisers
-            .iter()
-            .map(|q| match q {
-                Quantiser::Uniform { lo, step, levels } => FeatureDisclosure::Range {
-                    lo: *lo,
-                    hi: lo + step * f64::from(levels.saturating_sub(1)),
-                    levels: *levels,
-                },
-                Quantiser::Cuts { cuts } => FeatureDisclosure::Thresholds {
-                    values: cuts.clone(),
-                },
-                Quantiser::CutChunks { chunks } => FeatureDisclosure::Thresholds {
-                    values: chunks.iter().flatten().copied().collect(),
-                },
-            })
-            .collect();
-        let mut learn = vec![
-            "each sample's scores at the circuit's precision, on inputs of their choosing (any integers the inputs' encodings hold, not only the quantiser's levels)".to_string(),
-        ];
-        if self.outputs_per_score > 1 {
-            learn.push(format!(
-                "each score as {} partial sums (groups of hidden units or trees, and for networks the affine part separately), not only their total",
-                self.outputs_per_score
-            ));
-        }
-        if let Some(r) = self.range_check
-            && r.may_wrap > 0
-        {
-            learn.push(format!(
-                "that {} of the circuit's {} accumulators were sized to the calibration rows: a legal input unlike all of them may get a wrong score",
-                r.may_wrap, r.accumulators
-            ));
-        }
-        learn.push(
-            "no circuit privacy: a data user can recover the quantised model's integer weights, from replies on inputs of their choosing and, for outputs computed without a bootstrap (a linear model's scores, a network's affine part), from a single reply, through the ciphertext's mask and noise, which are known functions of their own inputs'; publishing makes the quantised model queryable, not secret (the node rate-limits and audits encrypted predictions)".into(),
-        );
-        Disclosure {
-            architecture: self.kind.clone(),
-            features,
-            classes: self.head.classes(),
-            input_bits: self.input_bits.clone(),
-            output_bits: self.output_bits.clone(),
-            outputs_per_score: self.outputs_per_score,
-            output_scale: self.output_scale,
-            pbs_per_sample: self.pbs_per_sample,
-            calibration_rows,
-            fidelity: self.fidelity.clone(),
-            data_users_learn: learn,
-        }
-    }
-}
-
-/// How well the quantised circuit matches the float model on calibration rows.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Fidelity {
-    pub rows: usize,
-    /// Classifiers: share of rows where the circuit's label equals the float model's.
-    pub label_agreement: Option<f64>,
-    /// Regressors: mean absolute difference of the scores.
-    pub mean_abs_error: Option<f64>,
 }
 
 pub fn fidelity(
@@ -1039,72 +752,14 @@ fn one_hidden_layer(
     let h = l1.n_out();
     let k_out = l2.n_out();
 
-    // Per neuron: the affine map from the float pre-activation to the 8-bit accumulator, so
-    // that its range (over the input box, or the calibration rows: `opts.accumulators`) fills
-    // [0, 256); the clearing gadget below is exact only there. Rounding the integer weights
-    // can push the range's ends out, which a slightly smaller scale pulls back.
-    let acc_max = f64::from((1u32 << ACC_BITS) - 1);
-    let acc_range = 0..=i64::from(1u32 << ACC_BITS) - 1;
-    let xmax = f64::from((1u32 << bits) - 1);
-    let xmax_int = i64::from((1u32 << bits) - 1);
     let mut scale = Vec::with_capacity(h);
     let mut integer = Vec::with_capacity(h);
     let mut may_wrap = 0;
     for j in 0..h {
-        let (lo, hi) = match opts.accumulators {
-            Accumulators::InputBox => (
-                l1.b[j] + l1.w[j].iter().map(|w| (w * xmax).min(0.0)).sum::<f64>(),
-                l1.b[j] + l1.w[j].iter().map(|w| (w * xmax).max(0.0)).sum::<f64>(),
-            ),
-            Accumulators::Calibration => {
-                let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
-                for r in &qrows {
-                    let v: f64 = l1.w[j].iter().zip(r).map(|(w, x)| w * x).sum::<f64>() + l1.b[j];
-                    lo = lo.min(v);
-                    hi = hi.max(v);
-                }
-                let pad = 0.02 * (hi - lo);
-                (lo - pad, hi + pad)
-            }
-        };
-        let mut k = if hi - lo > 1e-9 {
-            acc_max / (hi - lo)
-        } else {
-            1.0
-        };
-        let mut fitted = None;
-        for _ in 0..50 {
-            let weights: Vec<i64> = l1.w[j].iter().map(|w| (w * k).round() as i64).collect();
-            let bias = ((l1.b[j] - lo) * k).round() as i64;
-            let box_lo = bias + weights.iter().map(|w| (*w).min(0) * xmax_int).sum::<i64>();
-            let box_hi = bias + weights.iter().map(|w| (*w).max(0) * xmax_int).sum::<i64>();
-            let on_box = acc_range.contains(&box_lo) && acc_range.contains(&box_hi);
-            let fits = match opts.accumulators {
-                Accumulators::InputBox => on_box,
-                Accumulators::Calibration => qrows.iter().all(|r| {
-                    let acc = r
-                        .iter()
-                        .zip(&weights)
-                        .map(|(v, w)| *v as i64 * w)
-                        .sum::<i64>();
-                    acc_range.contains(&(acc + bias))
-                }),
-            };
-            if fits {
-                may_wrap += usize::from(!on_box);
-                fitted = Some((weights, bias));
-                break;
-            }
-            k *= 0.98;
-        }
-        let Some(fitted) = fitted else {
-            return Err(FheError::Unsupported(
-                "a hidden neuron's range over the input box does not fit an 8-bit accumulator"
-                    .into(),
-            ));
-        };
-        scale.push((k, lo));
-        integer.push(fitted);
+        let fitted = fit_accumulator(&l1.w[j], l1.b[j], bits, &qrows, opts.accumulators)?;
+        may_wrap += usize::from(fitted.may_wrap);
+        scale.push((fitted.k, fitted.lo));
+        integer.push((fitted.weights, fitted.bias));
     }
 
     // Activation value at the centre of each 16-wide accumulator box.
@@ -1139,50 +794,7 @@ fn one_hidden_layer(
     let ins = inputs(&mut ops, l1.n_in(), p_acc);
     let mut contributions: Vec<Vec<Vec<ValueId>>> = vec![vec![vec![]; groups]; k_out];
     for (j, (weights, bias)) in integer.into_iter().enumerate() {
-        let terms = ins.iter().copied().zip(weights).collect();
-        ops.push(Op::Linear {
-            terms,
-            bias,
-            p: p_acc,
-        });
-        let acc = ops.len() - 1;
-        // t = acc mod 32: the cleared bits plus the bit above them, on the padding position.
-        ops.push(Op::Linear {
-            terms: vec![(acc, 1)],
-            bias: 0,
-            p: LUT_BITS,
-        });
-        let t = ops.len() - 1;
-        // ±8 by that top bit; t + s - 8 is the low 4 bits whatever it was.
-        ops.push(Op::Lut {
-            input: t,
-            table: vec![8; LUT_SIZE],
-            p: LUT_BITS,
-        });
-        let s = ops.len() - 1;
-        ops.push(Op::Linear {
-            terms: vec![(t, 1), (s, 1)],
-            bias: -8,
-            p: LUT_BITS,
-        });
-        let low = ops.len() - 1;
-        ops.push(Op::Lut {
-            input: low,
-            table: (0..LUT_SIZE as i64).collect(),
-            p: p_acc,
-        });
-        let low_wide = ops.len() - 1;
-        ops.push(Op::Linear {
-            terms: vec![(acc, 1), (low_wide, -1)],
-            bias: 0,
-            p: p_acc,
-        });
-        let cleared = ops.len() - 1;
-        ops.push(Op::Narrow {
-            input: cleared,
-            shift: CLEARED_BITS,
-        });
-        let high = ops.len() - 1;
+        let high = push_cleared_high(&mut ops, &ins, weights, bias, p_acc);
         for (o, w_out) in l2.w.iter().enumerate() {
             let table = acts[j]
                 .iter()
@@ -1236,6 +848,141 @@ fn one_hidden_layer(
 
 /// Most distinct thresholds per feature a bootstrap can tell apart.
 const MAX_CUTS: usize = LUT_SIZE - 1;
+/// A hidden neuron's 8-bit accumulator: the integer weights and bias mapping quantised inputs
+/// into `[0, 256)`, and the float scale `k` and offset `lo` it stands for.
+struct FittedAccumulator {
+    k: f64,
+    lo: f64,
+    weights: Vec<i64>,
+    bias: i64,
+    /// Fitted to the calibration rows only: some legal input may leave the range.
+    may_wrap: bool,
+}
+
+/// The affine map from a neuron's float pre-activation (`w·x + b`) to its 8-bit accumulator,
+/// so that its range (over the input box, or the calibration rows: `accumulators`) fills
+/// [0, 256); the clearing gadget ([`push_cleared_high`]) is exact only there. Rounding the
+/// integer weights can push the range's ends out, which a slightly smaller scale pulls back.
+fn fit_accumulator(
+    w: &[f64],
+    b: f64,
+    bits: u32,
+    qrows: &[Vec<f64>],
+    accumulators: Accumulators,
+) -> Result<FittedAccumulator, FheError> {
+    let acc_max = f64::from((1u32 << ACC_BITS) - 1);
+    let acc_range = 0..=i64::from(1u32 << ACC_BITS) - 1;
+    let xmax = f64::from((1u32 << bits) - 1);
+    let xmax_int = i64::from((1u32 << bits) - 1);
+    let (lo, hi) = match accumulators {
+        Accumulators::InputBox => (
+            b + w.iter().map(|w| (w * xmax).min(0.0)).sum::<f64>(),
+            b + w.iter().map(|w| (w * xmax).max(0.0)).sum::<f64>(),
+        ),
+        Accumulators::Calibration => {
+            let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+            for r in qrows {
+                let v: f64 = w.iter().zip(r).map(|(w, x)| w * x).sum::<f64>() + b;
+                lo = lo.min(v);
+                hi = hi.max(v);
+            }
+            let pad = 0.02 * (hi - lo);
+            (lo - pad, hi + pad)
+        }
+    };
+    let mut k = if hi - lo > 1e-9 {
+        acc_max / (hi - lo)
+    } else {
+        1.0
+    };
+    for _ in 0..50 {
+        let weights: Vec<i64> = w.iter().map(|w| (w * k).round() as i64).collect();
+        let bias = ((b - lo) * k).round() as i64;
+        let box_lo = bias + weights.iter().map(|w| (*w).min(0) * xmax_int).sum::<i64>();
+        let box_hi = bias + weights.iter().map(|w| (*w).max(0) * xmax_int).sum::<i64>();
+        let on_box = acc_range.contains(&box_lo) && acc_range.contains(&box_hi);
+        let fits = match accumulators {
+            Accumulators::InputBox => on_box,
+            Accumulators::Calibration => qrows.iter().all(|r| {
+                let acc = r
+                    .iter()
+                    .zip(&weights)
+                    .map(|(v, w)| *v as i64 * w)
+                    .sum::<i64>();
+                acc_range.contains(&(acc + bias))
+            }),
+        };
+        if fits {
+            return Ok(FittedAccumulator {
+                k,
+                lo,
+                weights,
+                bias,
+                may_wrap: !on_box,
+            });
+        }
+        k *= 0.98;
+    }
+    Err(FheError::Unsupported(
+        "a hidden neuron's range over the input box does not fit an 8-bit accumulator".into(),
+    ))
+}
+
+/// The cleared design's gadget for one neuron: its exact 8-bit accumulator, the low 4 bits
+/// cleared with two bootstraps, and the high 4 bits narrowed to a lookup input. Returns the
+/// high bits' value.
+fn push_cleared_high(
+    ops: &mut Vec<Op>,
+    ins: &[ValueId],
+    weights: Vec<i64>,
+    bias: i64,
+    p_acc: u32,
+) -> ValueId {
+    let terms = ins.iter().copied().zip(weights).collect();
+    ops.push(Op::Linear {
+        terms,
+        bias,
+        p: p_acc,
+    });
+    let acc = ops.len() - 1;
+    // t = acc mod 32: the cleared bits plus the bit above them, on the padding position.
+    ops.push(Op::Linear {
+        terms: vec![(acc, 1)],
+        bias: 0,
+        p: LUT_BITS,
+    });
+    let t = ops.len() - 1;
+    // ±8 by that top bit; t + s - 8 is the low 4 bits whatever it was.
+    ops.push(Op::Lut {
+        input: t,
+        table: vec![8; LUT_SIZE],
+        p: LUT_BITS,
+    });
+    let s = ops.len() - 1;
+    ops.push(Op::Linear {
+        terms: vec![(t, 1), (s, 1)],
+        bias: -8,
+        p: LUT_BITS,
+    });
+    let low = ops.len() - 1;
+    ops.push(Op::Lut {
+        input: low,
+        table: (0..LUT_SIZE as i64).collect(),
+        p: p_acc,
+    });
+    let low_wide = ops.len() - 1;
+    ops.push(Op::Linear {
+        terms: vec![(acc, 1), (low_wide, -1)],
+        bias: 0,
+        p: p_acc,
+    });
+    let cleared = ops.len() - 1;
+    ops.push(Op::Narrow {
+        input: cleared,
+        shift: CLEARED_BITS,
+    });
+    ops.len() - 1
+}
 
 /// `f` with every threshold snapped onto its feature's [`TreeGrid`].
 fn snap_forest(
@@ -1310,59 +1057,79 @@ impl TreeGrid {
     }
 }
 
-fn forest(f: &Forest, opts: &CompileOptions, cap: usize) -> Result<CompiledModel, FheError> {
-    // Cut points per feature: the thresholds the trees use, exactly, in chunks of 15 (one
-    // encrypted input each).
-    let mut thresholds: Vec<Vec<f64>> = vec![vec![]; f.n_features];
-    for t in &f.trees {
-        for (i, leaf) in t.leaf.iter().enumerate() {
-            if leaf.is_none() {
-                thresholds[t.feature[i]].push(t.threshold[i]);
+/// How a forest's features are encrypted: per feature, the thresholds the trees use, exactly,
+/// in chunks of 15 (one encrypted input each).
+struct ForestInputs {
+    cuts: Vec<Vec<f64>>,
+    quantisers: Vec<Quantiser>,
+    /// First encrypted input of every feature.
+    first_input: Vec<usize>,
+    n_inputs: usize,
+}
+
+impl ForestInputs {
+    fn new(f: &Forest) -> Self {
+        let mut thresholds: Vec<Vec<f64>> = vec![vec![]; f.n_features];
+        for t in &f.trees {
+            for (i, leaf) in t.leaf.iter().enumerate() {
+                if leaf.is_none() {
+                    thresholds[t.feature[i]].push(t.threshold[i]);
+                }
             }
         }
-    }
-    for c in thresholds.iter_mut() {
-        c.sort_by(f64::total_cmp);
-        c.dedup();
-    }
-    let cuts = thresholds;
-    let mut qs: Vec<Quantiser> = Vec::with_capacity(f.n_features);
-    // First encrypted input of every feature.
-    let mut first_input = Vec::with_capacity(f.n_features);
-    let mut n_inputs = 0;
-    for c in &cuts {
-        first_input.push(n_inputs);
-        let chunks: Vec<Vec<f64>> = c.chunks(MAX_CUTS).map(<[f64]>::to_vec).collect();
-        if chunks.len() > 1 {
-            n_inputs += chunks.len();
-            qs.push(Quantiser::CutChunks { chunks });
-        } else {
-            n_inputs += 1;
-            qs.push(Quantiser::Cuts { cuts: c.clone() });
+        for c in thresholds.iter_mut() {
+            c.sort_by(f64::total_cmp);
+            c.dedup();
+        }
+        let cuts = thresholds;
+        let mut quantisers: Vec<Quantiser> = Vec::with_capacity(f.n_features);
+        let mut first_input = Vec::with_capacity(f.n_features);
+        let mut n_inputs = 0;
+        for c in &cuts {
+            first_input.push(n_inputs);
+            let chunks: Vec<Vec<f64>> = c.chunks(MAX_CUTS).map(<[f64]>::to_vec).collect();
+            if chunks.len() > 1 {
+                n_inputs += chunks.len();
+                quantisers.push(Quantiser::CutChunks { chunks });
+            } else {
+                n_inputs += 1;
+                quantisers.push(Quantiser::Cuts { cuts: c.clone() });
+            }
+        }
+        Self {
+            cuts,
+            quantisers,
+            first_input,
+            n_inputs,
         }
     }
-    // x > cut  ⇔  rank(x) ≥ i + 1 within the chunk holding cut i. Returns (encrypted input,
-    // rank).
-    let rank_of = |feat: usize, thr: f64| -> (usize, i64) {
-        let idx = cuts[feat].partition_point(|c| *c < thr);
+
+    /// x > cut  ⇔  rank(x) ≥ i + 1 within the chunk holding cut i. Returns (encrypted input,
+    /// rank).
+    fn rank_of(&self, feat: usize, thr: f64) -> (usize, i64) {
+        let idx = self.cuts[feat].partition_point(|c| *c < thr);
         (
-            first_input[feat] + idx / MAX_CUTS,
+            self.first_input[feat] + idx / MAX_CUTS,
             (idx % MAX_CUTS) as i64 + 1,
         )
-    };
+    }
+}
 
-    let n_scores = f.head.n_scores();
-    let mut ops = vec![];
-    let ins = inputs(&mut ops, n_inputs, LUT_BITS);
-    // Comparison bit per (encrypted input, rank).
+/// One bootstrap per distinct comparison (encrypted input, rank), shared by every tree that
+/// makes it. Returns, per tree, the comparison bit of every internal node.
+fn comparison_bits(
+    f: &Forest,
+    encoded: &ForestInputs,
+    ins: &[ValueId],
+    ops: &mut Vec<Op>,
+) -> Vec<Vec<Option<ValueId>>> {
     let mut bits: std::collections::HashMap<(usize, i64), ValueId> = Default::default();
-    // Per tree: comparison bit of every internal node.
     let mut node_bits: Vec<Vec<Option<ValueId>>> = vec![];
     for t in &f.trees {
         let mut nb = vec![None; t.leaf.len()];
         for (i, slot) in nb.iter_mut().enumerate() {
             if t.leaf[i].is_none() {
-                let key = rank_of(t.feature[i], t.threshold[i]);
+                let key = encoded.rank_of(t.feature[i], t.threshold[i]);
                 let id = *bits.entry(key).or_insert_with(|| {
                     let table = (0..LUT_SIZE as i64)
                         .map(|v| i64::from(v >= key.1))
@@ -1379,14 +1146,25 @@ fn forest(f: &Forest, opts: &CompileOptions, cap: usize) -> Result<CompiledModel
         }
         node_bits.push(nb);
     }
+    node_bits
+}
 
-    // Leaf groups: (agreement terms, bias, table of (z, leaf index)).
-    struct Group {
-        terms: Vec<(ValueId, i64)>,
-        bias: i64,
-        hits: Vec<(i64, usize, usize)>, // (z, tree, leaf node)
-    }
-    let mut groups: Vec<Group> = vec![];
+/// A bootstrap that selects a leaf: it reads `z`, the sum of `terms` plus `bias`, and each hit
+/// `(z, tree, leaf node)` says which leaf that value of `z` selects.
+struct LeafGroup {
+    terms: Vec<(ValueId, i64)>,
+    bias: i64,
+    hits: Vec<(i64, usize, usize)>,
+}
+
+/// Every tree's leaf groups (one per pair of sibling leaves, or lone leaf), and the sum of the
+/// trees that are a single leaf (a constant per score).
+fn leaf_groups(
+    f: &Forest,
+    node_bits: &[Vec<Option<ValueId>>],
+) -> Result<(Vec<LeafGroup>, Vec<f64>), FheError> {
+    let n_scores = f.head.n_scores();
+    let mut groups: Vec<LeafGroup> = vec![];
     let mut constant = vec![0.0; n_scores];
     for (ti, t) in f.trees.iter().enumerate() {
         if let Some(v) = &t.leaf[0] {
@@ -1425,7 +1203,7 @@ fn forest(f: &Forest, opts: &CompileOptions, cap: usize) -> Result<CompiledModel
                             "trees deeper than 8 are not supported".into(),
                         ));
                     }
-                    groups.push(Group {
+                    groups.push(LeafGroup {
                         terms,
                         bias,
                         hits: vec![(2 * d, ti, l), (2 * d + 1, ti, r)],
@@ -1442,7 +1220,7 @@ fn forest(f: &Forest, opts: &CompileOptions, cap: usize) -> Result<CompiledModel
                                     "trees deeper than 15 are not supported".into(),
                                 ));
                             }
-                            groups.push(Group {
+                            groups.push(LeafGroup {
                                 terms,
                                 bias,
                                 hits: vec![(d + 1, ti, child)],
@@ -1458,6 +1236,17 @@ fn forest(f: &Forest, opts: &CompileOptions, cap: usize) -> Result<CompiledModel
         }
         // Internal nodes below pairs were handled; push children of non-pair nodes above.
     }
+
+    Ok((groups, constant))
+}
+
+fn forest(f: &Forest, opts: &CompileOptions, cap: usize) -> Result<CompiledModel, FheError> {
+    let encoded = ForestInputs::new(f);
+    let n_scores = f.head.n_scores();
+    let mut ops = vec![];
+    let ins = inputs(&mut ops, encoded.n_inputs, LUT_BITS);
+    let node_bits = comparison_bits(f, &encoded, &ins, &mut ops);
+    let (groups, constant) = leaf_groups(f, &node_bits)?;
 
     // Units are trees: exactly one leaf group per tree is hit, so a tree adds at most its
     // largest |leaf value| to a score, through as many bootstraps as it has leaf groups.
@@ -1533,9 +1322,9 @@ fn forest(f: &Forest, opts: &CompileOptions, cap: usize) -> Result<CompiledModel
         circuit: Circuit {
             ops,
             outputs,
-            n_inputs,
+            n_inputs: encoded.n_inputs,
         },
-        quantisers: qs,
+        quantisers: encoded.quantisers,
         output_scale: so,
         head: f.head.clone(),
         kind: format!("forest of {} trees", f.trees.len()),

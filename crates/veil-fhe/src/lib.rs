@@ -1,26 +1,35 @@
 //! Veil's encrypted-inference engine: ONNX models compiled to exact quantised TFHE circuits.
 //!
-//! Pipeline: [`read_onnx`] turns the graph into plain maths ([`FloatModel`]); [`compile`]
+//! Pipeline: `read_onnx` turns the graph into plain maths ([`FloatModel`]); `compile`
 //! quantises it on the creator's calibration rows into a [`Circuit`] of leveled operations and
 //! programmable bootstraps, proves its noise budget ([`noise`]) and returns a
-//! [`CompiledModel`]; [`Circuit::simulate`] runs that circuit in integers; the [`backend`]
+//! `CompiledModel`; [`Circuit::simulate`] runs that circuit in integers; the [`backend`]
 //! runs it on TFHE-rs ciphertexts and decrypts to exactly the simulator's integers.
+//!
+//! The user's side ([`client`]: the public spec, quantising inputs, reading scores) and the
+//! backend need no ONNX reader; the `compiler` feature adds the reader and the compiler (the
+//! node's side), so a client-only build does not compile tract.
 //!
 //! No IO, no threads of its own: the caller supplies the rayon pool the backend runs in.
 
 pub mod backend;
 pub mod circuit;
+pub mod client;
+#[cfg(feature = "compiler")]
 pub mod compile;
 pub mod model;
 pub mod noise;
+#[cfg(feature = "compiler")]
+mod onnx;
 
 pub use circuit::{Circuit, Op};
-pub use compile::{
-    Accumulators, ClientSpec, CompileOptions, CompiledModel, Disclosure, FeatureDisclosure,
-    Fidelity, Outputs, Quantiser, RangeCheck, compile, fidelity,
-};
-pub use model::{FloatModel, Head, read_onnx};
+pub use client::{ClientSpec, Disclosure, FeatureDisclosure, Fidelity, Quantiser, RangeCheck};
+#[cfg(feature = "compiler")]
+pub use compile::{Accumulators, CompileOptions, CompiledModel, Outputs, compile, fidelity};
+pub use model::{FloatModel, Head};
 pub use noise::Params;
+#[cfg(feature = "compiler")]
+pub use onnx::read_onnx;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FheError {

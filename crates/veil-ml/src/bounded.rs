@@ -15,13 +15,12 @@
 //! Runs on every load, not only on upload, so a model stored before a check existed meets it
 //! too (before any charge).
 
-use tract_onnx::pb::{self, ModelProto};
+use veil_onnx::dtype;
+use veil_onnx::pb::{self, ModelProto};
 
 use crate::ModelError;
 use crate::inspect::attr_ints;
 
-/// ONNX's string element type.
-const STRING: i32 = 8;
 /// Most nodes in all the trees of one model.
 const MAX_TREE_NODES: usize = 4_000_000;
 /// Longest class label, in bytes.
@@ -40,7 +39,11 @@ pub(crate) fn check(proto: &ModelProto, n_features: usize) -> Result<u64, ModelE
     let Some(graph) = proto.graph.as_ref() else {
         return Ok(0);
     };
-    if let Some(t) = graph.initializer.iter().find(|t| t.data_type == STRING) {
+    if let Some(t) = graph
+        .initializer
+        .iter()
+        .find(|t| t.data_type == dtype::STRING)
+    {
         return Err(unsupported(format!(
             "the model holds a string constant ({}); only a classifier's labels may be strings",
             t.name
@@ -61,7 +64,7 @@ pub(crate) fn check(proto: &ModelProto, n_features: usize) -> Result<u64, ModelE
                 if node
                     .attribute
                     .iter()
-                    .any(|a| a.name == "to" && a.i == i64::from(STRING)) =>
+                    .any(|a| a.name == "to" && a.i == i64::from(dtype::STRING)) =>
             {
                 return Err(unsupported(
                     "the model casts to strings; only a classifier's labels may be strings".into(),
@@ -79,7 +82,7 @@ pub(crate) fn check(proto: &ModelProto, n_features: usize) -> Result<u64, ModelE
 fn check_constant(node: &pb::NodeProto) -> Result<(), ModelError> {
     let string = node.attribute.iter().any(|a| {
         matches!(a.name.as_str(), "value_string" | "value_strings")
-            || a.t.as_ref().is_some_and(|t| t.data_type == STRING)
+            || a.t.as_ref().is_some_and(|t| t.data_type == dtype::STRING)
     });
     if string {
         return Err(unsupported(format!(

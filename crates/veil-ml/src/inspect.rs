@@ -3,17 +3,10 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use tract_onnx::pb::{self, ModelProto};
-use tract_onnx::prelude::Framework;
+use veil_onnx::pb::{self, ModelProto};
+use veil_onnx::{Attributes, ClassLabels, domain, dtype};
 
-use crate::{Limits, ModelError, guarded};
-
-/// ONNX element types (TensorProto.DataType).
-const FLOAT: i32 = 1;
-const INT32: i32 = 6;
-const INT64: i32 = 7;
-const STRING: i32 = 8;
-const DOUBLE: i32 = 11;
+use crate::{Limits, ModelError};
 
 /// Operators a model may use: arithmetic, activations, shape plumbing and the scikit-learn
 /// ONNX-ML family. No control flow (Loop, If, Scan), no custom domains: a validation run must
@@ -91,10 +84,6 @@ pub fn allowed_operators() -> Vec<String> {
         .collect()
 }
 
-fn domain(d: &str) -> &str {
-    if d.is_empty() { "ai.onnx" } else { d }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IoInfo {
     pub name: String,
@@ -102,13 +91,6 @@ pub struct IoInfo {
     pub dtype: String,
     /// Dimensions; `None` for symbolic ones (the batch).
     pub shape: Vec<Option<i64>>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ClassLabels {
-    Ints(Vec<i64>),
-    Strings(Vec<String>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,40 +124,9 @@ pub struct ModelSummary {
     pub size_bytes: usize,
 }
 
-fn dtype_name(t: i32) -> &'static str {
-    match t {
-        FLOAT => "float",
-        DOUBLE => "double",
-        INT64 => "int64",
-        INT32 => "int32",
-        STRING => "string",
-        _ => "other",
-    }
-}
-
 fn io_info(v: &pb::ValueInfoProto) -> IoInfo {
-    let (dtype, shape) = match v.r#type.as_ref().and_then(|t| t.value.as_ref()) {
-        Some(pb::type_proto::Value::TensorType(tt)) => (
-            dtype_name(tt.elem_type),
-            tt.shape
-                .as_ref()
-                .map(|s| {
-                    s.dim
-                        .iter()
-                        .map(|d| match &d.value {
-                            Some(pb::tensor_shape_proto::dimension::Value::DimValue(v))
-                                if *v > 0 =>
-                            {
-                                Some(*v)
-                            }
-                            _ => None,
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-        ),
-        _ => ("other", Vec::new()),
-    };
+    let (dtype, shape) =
+        veil_onnx::tensor_type(v).map_or(("other", Vec::new()), |(t, dims)| (dtype::name(t), dims));
     IoInfo {
         name: v.name.clone(),
         dtype: dtype.to_string(),
@@ -183,34 +134,14 @@ fn io_info(v: &pb::ValueInfoProto) -> IoInfo {
     }
 }
 
-/// Decodes the protobuf (guarded against loader panics).
+/// Decodes the protobuf (the decoder's panics become errors).
 pub(crate) fn decode(bytes: &[u8]) -> Result<ModelProto, ModelError> {
-    guarded("decoding", || {
-        tract_onnx::onnx()
-            .proto_model_for_read(&mut &bytes[..])
-            .map_err(|e| ModelError::Corrupt(format!("{e}")))
-    })
+    veil_onnx::decode(bytes).map_err(|e| ModelError::Corrupt(e.to_string()))
 }
 
-fn attr_strings(n: &pb::NodeProto, name: &str) -> Option<Vec<String>> {
-    n.attribute
-        .iter()
-        .find(|a| a.name == name)
-        .map(|a| {
-            a.strings
-                .iter()
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect::<Vec<_>>()
-        })
-        .filter(|v| !v.is_empty())
-}
-
+/// An integer-list attribute, `None` when missing or empty.
 pub(crate) fn attr_ints(n: &pb::NodeProto, name: &str) -> Option<Vec<i64>> {
-    n.attribute
-        .iter()
-        .find(|a| a.name == name)
-        .map(|a| a.ints.clone())
-        .filter(|v| !v.is_empty())
+    Some(n.ints(name)).filter(|v| !v.is_empty())
 }
 
 /// Inspects and type-checks an uploaded model. Succeeds only if the model is in the
@@ -255,12 +186,7 @@ pub fn inspect(bytes: &[u8], limits: Limits) -> Result<ModelSummary, ModelError>
     }
 
     // The one input: a feature vector or a batch of them.
-    let initializers: Vec<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
-    let inputs: Vec<&pb::ValueInfoProto> = graph
-        .input
-        .iter()
-        .filter(|i| !initializers.contains(&i.name.as_str()))
-        .collect();
+    let inputs = veil_onnx::fed_inputs(graph);
     let [input] = inputs.as_slice() else {
         return Err(ModelError::Unsupported(format!(
             "the model must take one input (a vector of features); it takes {}",
@@ -324,10 +250,7 @@ pub fn inspect(bytes: &[u8], limits: Limits) -> Result<ModelSummary, ModelError>
         ) {
             return None;
         }
-        attr_ints(n, "classlabels_ints")
-            .or_else(|| attr_ints(n, "classlabels_int64s"))
-            .map(ClassLabels::Ints)
-            .or_else(|| attr_strings(n, "classlabels_strings").map(ClassLabels::Strings))
+        veil_onnx::class_labels(n)
     });
     let label = outputs
         .iter()

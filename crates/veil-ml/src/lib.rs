@@ -15,11 +15,10 @@ pub mod labels;
 mod ops;
 mod runtime;
 
-pub use inspect::{
-    ClassLabels, IoInfo, ModelKind, ModelSummary, allowed_operators, check_cost, inspect,
-};
+pub use inspect::{IoInfo, ModelKind, ModelSummary, allowed_operators, check_cost, inspect};
 pub use labels::ClassMap;
 pub use runtime::{Model, ModelCost, Output, Prediction};
+pub use veil_onnx::ClassLabels;
 
 /// Upload limits.
 #[derive(Debug, Clone, Copy)]

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use tract_onnx::pb::ModelProto;
 use tract_onnx::prelude::*;
 
-use crate::inspect::{ClassLabels, ModelKind, ModelSummary, attr_ints, decode};
+use crate::ClassLabels;
+use crate::inspect::{ModelKind, ModelSummary, attr_ints, decode};
 use crate::{ModelError, guarded};
 
 /// A model's output for one row.

@@ -21,6 +21,7 @@ use veil_store::Store;
 use veil_store_postgres::PostgresStore;
 use veil_store_sqlite::SqliteStore;
 
+pub use demo_data::PATIENTS_MANIFEST as DEMO_PATIENTS_MANIFEST;
 pub use master_key::MasterKeyError;
 
 #[derive(Debug, Clone)]

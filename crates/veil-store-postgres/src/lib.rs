@@ -11,13 +11,15 @@ use std::time::Duration;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use veil_crypto::AuditKey;
 use veil_store::{Clock, Result, StoreError};
+use veil_store_sql::migrations::{MigrationFile, migrator};
 use veil_store_sql::{Dialect, SqlStore};
 
 /// Scratch databases for tests and benchmarks (the `testing` feature: not in the product).
 #[cfg(feature = "testing")]
 pub mod testing;
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// The schema's migrations, in order (the tests check them against `migrations/`).
+const MIGRATIONS: &[MigrationFile] = veil_store_sql::embedded_migrations!();
 
 /// The metadata store in a PostgreSQL database.
 pub type PostgresStore = SqlStore<Postgres>;
@@ -55,9 +57,20 @@ pub async fn open(url: &str, key: AuditKey, clock: Arc<dyn Clock>) -> Result<Pos
         .connect(url)
         .await
         .map_err(|e| StoreError::Backend(e.to_string()))?;
-    MIGRATOR
+    migrator(MIGRATIONS)
         .run(&pool)
         .await
         .map_err(|e| StoreError::Backend(format!("migrations: {e}")))?;
     Ok(SqlStore::new(Postgres { pool }, key, clock))
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn the_embedded_migrations_are_the_folders() {
+        let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        veil_store_sql::migrations::same_as_folder(super::MIGRATIONS, &folder)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
 }

@@ -18,6 +18,8 @@
 //! competing writer, so racing debits never overspend. On SQLite the single writer
 //! connection and `BEGIN IMMEDIATE` serialise writers, so no row needs locking.
 
+pub mod migrations;
+
 use std::sync::Arc;
 
 use async_trait::async_trait;

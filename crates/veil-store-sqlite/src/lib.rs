@@ -19,9 +19,11 @@ use sqlx::sqlite::{
 };
 use veil_crypto::AuditKey;
 use veil_store::{Clock, Result, StoreError};
+use veil_store_sql::migrations::{MigrationFile, migrator};
 use veil_store_sql::{Dialect, SqlStore};
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// The schema's migrations, in order (the tests check them against `migrations/`).
+const MIGRATIONS: &[MigrationFile] = veil_store_sql::embedded_migrations!();
 
 /// The metadata store in one SQLite file.
 pub type SqliteStore = SqlStore<Sqlite>;
@@ -73,7 +75,7 @@ pub async fn open(path: &Path, key: AuditKey, clock: Arc<dyn Clock>) -> Result<S
         .connect_with(base.clone().create_if_missing(true))
         .await
         .map_err(backend)?;
-    MIGRATOR
+    migrator(MIGRATIONS)
         .run(&write)
         .await
         .map_err(|e| StoreError::Backend(format!("migrations: {e}")))?;
@@ -90,4 +92,15 @@ pub async fn open_url(url: &str, key: AuditKey, clock: Arc<dyn Clock>) -> Result
     let opts = SqliteConnectOptions::from_str(url)
         .map_err(|e| StoreError::Backend(format!("invalid SQLite URL: {e}")))?;
     open(opts.get_filename(), key, clock).await
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn the_embedded_migrations_are_the_folders() {
+        let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        veil_store_sql::migrations::same_as_folder(super::MIGRATIONS, &folder)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
 }

@@ -124,7 +124,7 @@ fn layers_only_reach_what_they_may_know() {
         ),
     ];
     // The engines: their own maths, no IO, no runtime, nothing above them.
-    for engine in ["veil-crypto", "veil-dp", "veil-ml", "veil-fhe"] {
+    for engine in ["veil-crypto", "veil-dp", "veil-onnx", "veil-ml", "veil-fhe"] {
         let reach = closure(&all, engine);
         for b in [
             "tokio",
@@ -177,6 +177,68 @@ fn layers_only_reach_what_they_may_know() {
             "{name}: the store conformance suite is dev-only (no product build links it)"
         );
     }
+}
+
+#[test]
+fn the_fhe_client_side_builds_without_an_onnx_reader() {
+    let all = manifests();
+    let manifest = &all["veil-fhe"].1;
+    let deps = manifest["dependencies"]
+        .as_table()
+        .expect("veil-fhe has dependencies");
+    assert!(
+        !deps.contains_key("tract-onnx"),
+        "veil-fhe reads ONNX only through veil-onnx, behind its `compiler` feature"
+    );
+    let onnx = &deps["veil-onnx"];
+    assert_eq!(
+        onnx.get("optional").and_then(toml::Value::as_bool),
+        Some(true),
+        "veil-fhe's ONNX reader must be optional (the `compiler` feature)"
+    );
+    let default = manifest
+        .get("features")
+        .and_then(|f| f.get("default"))
+        .and_then(|d| d.as_array())
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        !default.iter().any(|f| f.as_str() == Some("compiler")),
+        "the compiler is asked for by the node's crates, never on by default"
+    );
+    // Only veil-onnx decodes ONNX protobufs for the others.
+    for (name, (deps, _)) in &all {
+        if deps.contains("tract-onnx") {
+            assert!(
+                matches!(name.as_str(), "veil-onnx" | "veil-ml"),
+                "{name} must read ONNX through veil-onnx"
+            );
+        }
+    }
+}
+
+#[test]
+fn test_and_product_builds_lower_the_same_cold_crates() {
+    let text = std::fs::read_to_string(workspace_root().join("Cargo.toml")).expect("root manifest");
+    let root: toml::Table = toml::from_str(&text).expect("valid toml");
+    let lowered = |profile: &str| -> BTreeSet<String> {
+        root["profile"][profile]["package"]
+            .as_table()
+            .expect("per-package settings")
+            .iter()
+            .filter(|(_, t)| t.get("opt-level").and_then(toml::Value::as_integer) == Some(1))
+            .map(|(name, _)| name.clone())
+            .collect()
+    };
+    let (dev, release) = (lowered("dev"), lowered("release"));
+    assert!(
+        !release.is_empty(),
+        "the cold-crate list is in the root Cargo.toml"
+    );
+    assert_eq!(
+        dev, release,
+        "tests and the product build the same crates at opt-level 1"
+    );
 }
 
 #[test]
