@@ -9,14 +9,17 @@
 //! [`conformance_tests!`]: crate::conformance_tests
 //! [`Store`]: veil_store::Store
 
+use std::path::Path;
 use std::sync::Arc;
 
 use serde_json::json;
+use sqlx::migrate::{Migration, Migrator};
 use veil_crypto::{AuditKey, MasterKey};
 use veil_types::{Delta, Epsilon, Permission, PermissionSet, PresetRole, UserId};
 
 use veil_store::audit::ChainVerifier;
 use veil_store::*;
+use veil_store_sql::migrations::MigrationFile;
 
 /// A fresh store plus whatever keeps it alive and cleans it up when dropped.
 pub trait Fixture: Send + Sync {
@@ -1501,4 +1504,34 @@ pub async fn request_transitions_are_compare_and_set(f: &dyn Fixture) {
         0
     );
     assert_chain_valid(f).await;
+}
+
+/// Whether `files` are exactly the migrations in `folder`, as sqlx resolves them there (every
+/// file listed, none extra, same descriptions, checksums and transaction mode), so databases
+/// migrated by builds that used `sqlx::migrate!` stay valid.
+pub async fn migrations_match_folder(files: &[MigrationFile], folder: &Path) -> Result<(), String> {
+    let embedded = veil_store_sql::migrations::migrator(files);
+    let resolved = Migrator::new(folder)
+        .await
+        .map_err(|e| format!("resolving {}: {e}", folder.display()))?;
+    let key = |m: &Migration| {
+        (
+            m.version,
+            m.description.to_string(),
+            m.migration_type,
+            m.checksum.to_vec(),
+            m.no_tx,
+        )
+    };
+    let ours: Vec<_> = embedded.iter().map(key).collect();
+    let theirs: Vec<_> = resolved.iter().map(key).collect();
+    if ours == theirs {
+        Ok(())
+    } else {
+        Err(format!(
+            "embedded migrations {:?} differ from the folder's {:?}",
+            ours.iter().map(|k| (k.0, &k.1)).collect::<Vec<_>>(),
+            theirs.iter().map(|k| (k.0, &k.1)).collect::<Vec<_>>()
+        ))
+    }
 }

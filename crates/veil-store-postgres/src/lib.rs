@@ -69,7 +69,7 @@ mod tests {
     #[tokio::test]
     async fn the_embedded_migrations_are_the_folders() {
         let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
-        veil_store_sql::migrations::same_as_folder(super::MIGRATIONS, &folder)
+        veil_store_conformance::migrations_match_folder(super::MIGRATIONS, &folder)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
     }

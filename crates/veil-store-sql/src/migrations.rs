@@ -5,10 +5,9 @@
 //! sqlx, its drivers and SQLite's C sources for the compiler; this builds the migrator
 //! `migrate!` would (same versions, descriptions, checksums and transaction mode, so databases
 //! migrated by earlier builds stay valid), checked against the folder by each backend's tests
-//! ([`same_as_folder`]).
+//! (`veil_store_conformance::migrations_match_folder`).
 
 use std::borrow::Cow;
-use std::path::Path;
 
 use sqlx::SqlSafeStr;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
@@ -67,33 +66,4 @@ fn migration(name: &'static str, sql: &'static str) -> Migration {
         sql.into_sql_str(),
         sql.starts_with("-- no-transaction"),
     )
-}
-
-/// Whether `files` are exactly the migrations in `folder`, as sqlx resolves them there (every
-/// file listed, none extra, same descriptions, checksums and transaction mode). For tests.
-pub async fn same_as_folder(files: &[MigrationFile], folder: &Path) -> Result<(), String> {
-    let embedded = migrator(files);
-    let resolved = Migrator::new(folder)
-        .await
-        .map_err(|e| format!("resolving {}: {e}", folder.display()))?;
-    let key = |m: &Migration| {
-        (
-            m.version,
-            m.description.to_string(),
-            m.migration_type,
-            m.checksum.to_vec(),
-            m.no_tx,
-        )
-    };
-    let ours: Vec<_> = embedded.iter().map(key).collect();
-    let theirs: Vec<_> = resolved.iter().map(key).collect();
-    if ours == theirs {
-        Ok(())
-    } else {
-        Err(format!(
-            "embedded migrations {:?} differ from the folder's {:?}",
-            ours.iter().map(|k| (k.0, &k.1)).collect::<Vec<_>>(),
-            theirs.iter().map(|k| (k.0, &k.1)).collect::<Vec<_>>()
-        ))
-    }
 }
