@@ -41,6 +41,7 @@ error_codes! {
     Unauthenticated => ("unauthenticated", 401, "The bearer token is missing, malformed, unknown, expired or revoked."),
     InvalidCredentials => ("invalid_credentials", 401, "Wrong email or password."),
     RateLimited => ("rate_limited", 429, "Too many failed logins, or more encrypted samples than the node allows a user per window; retry after the time given."),
+    TooManyInProgress => ("too_many_in_progress", 429, "The caller already has as many queries (or other operations of the kind) running as the node allows; retry when one ends."),
     PasswordChangeRequired => ("password_change_required", 403, "The account still has its one-time password; change it first."),
     Forbidden => ("forbidden", 403, "The caller's role lacks the permission this endpoint needs."),
     PrivilegeEscalation => ("privilege_escalation", 403, "The request would grant permissions the caller does not hold."),
@@ -88,6 +89,7 @@ error_codes! {
     InvalidFheRequest => ("invalid_fhe_request", 422, "The model is not published for encrypted inference, or the inputs do not fit it."),
     FheKeyLimit => ("fhe_key_limit", 409, "You hold the most evaluation keys a user may; delete one first."),
     Timeout => ("timeout", 408, "The request took longer than the node allows."),
+    Busy => ("busy", 503, "The node is overloaded and could not take the request; nothing changed. Retry after the time given."),
     DatasetUnavailable => ("dataset_unavailable", 503, "The dataset's data is not on this node (or not readable by it). Nothing was charged."),
     Internal => ("internal", 500, "The node failed; details are in its log, not in this response."),
 }

@@ -51,6 +51,7 @@ impl From<CoreError> for ApiError {
             CoreError::Unauthenticated => ErrorCode::Unauthenticated,
             CoreError::InvalidCredentials => ErrorCode::InvalidCredentials,
             CoreError::RateLimited { .. } => ErrorCode::RateLimited,
+            CoreError::TooManyInProgress { .. } => ErrorCode::TooManyInProgress,
             CoreError::PasswordChangeRequired => ErrorCode::PasswordChangeRequired,
             CoreError::Forbidden(_) => ErrorCode::Forbidden,
             CoreError::PrivilegeEscalation { .. } => ErrorCode::PrivilegeEscalation,
@@ -69,6 +70,7 @@ impl From<CoreError> for ApiError {
             CoreError::BadSignature(_) => ErrorCode::BadSignature,
             CoreError::InvalidValidation(_) => ErrorCode::InvalidValidation,
             CoreError::DatasetUnavailable => ErrorCode::DatasetUnavailable,
+            CoreError::Busy => ErrorCode::Busy,
             CoreError::Conflict(Conflict::DatasetExists) => ErrorCode::DatasetExists,
             CoreError::InvalidManifest(_) => ErrorCode::InvalidManifest,
             CoreError::UploadRejected { .. } => ErrorCode::UploadRejected,
@@ -99,6 +101,8 @@ impl From<CoreError> for ApiError {
         };
         let retry_after_secs = match &e {
             CoreError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            CoreError::TooManyInProgress { .. } => Some(1),
+            CoreError::Busy => Some(2),
             _ => None,
         };
         let details = match &e {

@@ -8,6 +8,7 @@
 //! Handlers are thin: parse the request, call one `veil_core::Core` method, convert the result
 //! into a wire type. Rules live in the core.
 
+mod conn;
 pub mod endpoints;
 pub mod error;
 mod extract;
@@ -17,24 +18,20 @@ pub mod openapi;
 pub mod tls;
 mod views;
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::extract::connect_info::Connected;
-use axum::serve::IncomingStream;
 use http::{HeaderName, HeaderValue, Method, header};
-use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 use veil_core::Core;
 
-pub use tls::TlsListener;
+pub use conn::{ConnectionLimits, serve};
 
 /// HTTP-level settings, validated by the binary.
 #[derive(Debug, Clone)]
@@ -45,6 +42,9 @@ pub struct ApiConfig {
     pub cors_origins: Vec<HeaderValue>,
     /// Longest a request may take before the node answers `timeout`.
     pub request_timeout: Duration,
+    /// Longest wait for the next piece of a request body.
+    pub body_idle_timeout: Duration,
+    pub connections: ConnectionLimits,
 }
 
 impl Default for ApiConfig {
@@ -53,6 +53,8 @@ impl Default for ApiConfig {
             body_limit: 1024 * 1024,
             cors_origins: Vec::new(),
             request_timeout: Duration::from_secs(600),
+            body_idle_timeout: Duration::from_secs(30),
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -67,18 +69,6 @@ pub struct AppState {
 /// The peer address of a connection, for rate limiting and audit entries.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
-
-impl Connected<IncomingStream<'_, TcpListener>> for ClientAddr {
-    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
-        ClientAddr(*stream.remote_addr())
-    }
-}
-
-impl Connected<IncomingStream<'_, TlsListener>> for ClientAddr {
-    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
-        ClientAddr(*stream.remote_addr())
-    }
-}
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -107,6 +97,9 @@ pub fn router(core: Arc<Core>, config: &ApiConfig) -> Router {
     app.fallback(handlers::system::not_found)
         .method_not_allowed_fallback(handlers::system::method_not_allowed)
         .layer(DefaultBodyLimit::max(config.body_limit))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            config.body_idle_timeout,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::record,
@@ -140,32 +133,4 @@ pub fn router(core: Arc<Core>, config: &ApiConfig) -> Router {
         .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
         .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
         .with_state(state)
-}
-
-/// Serves `app` on `listener` (plain TCP, or TLS if `tls` is given) until `shutdown`
-/// resolves; then stops accepting and waits for in-flight requests to finish.
-pub async fn serve(
-    app: Router,
-    listener: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    match tls {
-        None => {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<ClientAddr>(),
-            )
-            .with_graceful_shutdown(shutdown)
-            .await
-        }
-        Some(config) => {
-            axum::serve(
-                TlsListener::new(listener, config),
-                app.into_make_service_with_connect_info::<ClientAddr>(),
-            )
-            .with_graceful_shutdown(shutdown)
-            .await
-        }
-    }
 }

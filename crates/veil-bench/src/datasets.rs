@@ -41,7 +41,7 @@ struct Report {
     cores: usize,
 }
 
-fn generate_csv(path: &std::path::Path, rows: u64) -> Result<u64> {
+pub(crate) fn generate_csv(path: &std::path::Path, rows: u64) -> Result<u64> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
     let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
     writeln!(w, "age,sex,income,bmi,diagnosis,region,smoker,visit")?;
@@ -149,16 +149,7 @@ pub async fn run(rows: u64, runs: usize, json: bool) -> Result<()> {
     let node = RunningNode::start(config).await?;
     let anon = Client::new(&node.url)?;
     let owner = anon.with_token(anon.login("owner@localhost", &owner_pw).await?.token);
-    owner
-        .set_budget(
-            "owner@localhost",
-            &veil_api_types::SetBudgetRequest {
-                dataset: None,
-                epsilon: 1000.0,
-                delta: 0.0,
-            },
-        )
-        .await?;
+    let analyst = crate::funded_analyst(&anon, &owner, 1000.0).await?;
 
     say("uploading through the API (validate + encrypt) …");
     let file = tokio::fs::File::open(&csv).await?;
@@ -180,7 +171,7 @@ pub async fn run(rows: u64, runs: usize, json: bool) -> Result<()> {
     let mut dp = Vec::new();
     for _ in 0..runs {
         let t = Instant::now();
-        owner.query("bench", &req).await?;
+        analyst.query("bench", &req).await?;
         dp.push(t.elapsed().as_secs_f64());
     }
     node.stop().await?;

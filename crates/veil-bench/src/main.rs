@@ -1,5 +1,5 @@
 //! `veil-bench`: Veil's benchmarks, out of the product binary (`veil` links none of their
-//! code). `veil-bench api|datasets|validate|fhe`, from a release build:
+//! code). `veil-bench api|datasets|validate|fhe|load`, from a release build:
 //! `cargo run --release -p veil-bench -- validate`.
 //!
 //! `veil-bench api`: authenticated requests per second through the real HTTP stack, and the
@@ -27,6 +27,7 @@ use veil::output::{Table, print_json};
 
 mod datasets;
 mod fhe;
+mod load;
 mod validate;
 
 /// Veil's benchmarks.
@@ -36,7 +37,8 @@ struct BenchArgs {
     /// What to measure: `api` (requests/s, budget debit latency), `datasets` (upload
     /// throughput, DP query overhead over plain DataFusion), `validate` (model validation
     /// throughput against a bare tract loop) or `fhe` (encrypted inference per sample against
-    /// the bootstrap lower bound).
+    /// the bootstrap lower bound) or `load` (login and budget latency while other clients
+    /// run queries, validations and uploads).
     target: String,
     /// Print the results as JSON.
     #[arg(long)]
@@ -44,7 +46,8 @@ struct BenchArgs {
     /// `fhe`: encrypted samples per model.
     #[arg(long, default_value_t = 10)]
     samples: usize,
-    /// Rows to generate [default: 10 million for `datasets`, 1 million for `validate`].
+    /// Rows to generate [default: 10 million for `datasets`, 1 million for `validate`, 200 000
+    /// for `load`].
     #[arg(long)]
     rows: Option<u64>,
     /// `datasets`: query runs; `validate`: validations and bare loops (medians are reported).
@@ -54,12 +57,12 @@ struct BenchArgs {
     /// created and dropped there); default SQLite.
     #[arg(long)]
     database_url: Option<String>,
-    /// Concurrent clients.
-    #[arg(long, default_value_t = 100)]
-    clients: usize,
-    /// Seconds per measurement.
-    #[arg(long, default_value_t = 10)]
-    seconds: u64,
+    /// Concurrent clients [default: 100 for `api`, 32 for `load`].
+    #[arg(long)]
+    clients: Option<usize>,
+    /// Seconds per measurement [default: 10 for `api`, 60 for `load`].
+    #[arg(long)]
+    seconds: Option<u64>,
 }
 
 #[tokio::main]
@@ -164,16 +167,29 @@ async fn run(a: BenchArgs, json: bool) -> Result<ExitCode> {
                 .context("benchmark task panicked")??;
             Ok(ExitCode::SUCCESS)
         }
-        other => bail!("unknown benchmark {other:?}: available: api, datasets, validate, fhe"),
+        "load" => {
+            let (clients, seconds) = (a.clients.unwrap_or(32), a.seconds.unwrap_or(60));
+            if clients == 0 || seconds == 0 {
+                bail!("--clients and --seconds must be positive");
+            }
+            load::run(clients, seconds, a.rows.unwrap_or(200_000), json).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        other => {
+            bail!("unknown benchmark {other:?}: available: api, datasets, validate, fhe, load")
+        }
     }
 }
 
 async fn api(a: BenchArgs, json: bool) -> Result<ExitCode> {
-    if a.clients == 0 || a.seconds == 0 {
+    let (clients, seconds) = (a.clients.unwrap_or(100), a.seconds.unwrap_or(10));
+    if clients == 0 || seconds == 0 {
         bail!("--clients and --seconds must be positive");
     }
     let dir = tempfile::tempdir().context("cannot create a scratch directory")?;
     let mut config = ServerConfig::new(dir.path().join("data"));
+    // Every client of this benchmark comes from one address, as through a reverse proxy.
+    config.api.connections.max_per_address = 0;
     let owner_pw = veil_crypto::random::one_time_password();
     config.admin_password = Some(owner_pw.clone());
     let _scratch = match &a.database_url {
@@ -189,40 +205,18 @@ async fn api(a: BenchArgs, json: bool) -> Result<ExitCode> {
     let node = RunningNode::start(config).await?;
     let anon = Client::new(&node.url)?;
     let owner = anon.with_token(anon.login("owner@localhost", &owner_pw).await?.token);
-    let created = owner
-        .create_user("bench@bench.local", "data-scientist")
-        .await?;
-    let first = anon.with_token(
-        anon.login("bench@bench.local", &created.one_time_password)
-            .await?
-            .token,
-    );
-    let pw = veil_crypto::random::one_time_password();
-    first
-        .change_password(&created.one_time_password, &pw)
-        .await?;
-    let user = anon.with_token(anon.login("bench@bench.local", &pw).await?.token);
-    owner
-        .set_budget(
-            "bench@bench.local",
-            &veil_api_types::SetBudgetRequest {
-                dataset: None,
-                epsilon: 1_000_000.0,
-                delta: 0.0,
-            },
-        )
-        .await?;
+    let (user, pw) = funded_analyst_named(&anon, &owner, "bench@bench.local", 1_000_000.0).await?;
 
     if !json {
         eprintln!(
             "measuring {} s with {} clients on {} …",
-            a.seconds,
-            a.clients,
+            seconds,
+            clients,
             node.core.store().backend_name()
         );
     }
     let c = user.clone();
-    let (lat, elapsed) = load(a.clients, a.seconds, move || {
+    let (lat, elapsed) = load(clients, seconds, move || {
         let c = c.clone();
         async move {
             c.me().await?;
@@ -238,7 +232,7 @@ async fn api(a: BenchArgs, json: bool) -> Result<ExitCode> {
             .await?,
     );
     let core = node.core.clone();
-    let (lat, elapsed) = load(a.clients, a.seconds, move || {
+    let (lat, elapsed) = load(clients, seconds, move || {
         let core = core.clone();
         let principal = principal.clone();
         async move {
@@ -267,8 +261,8 @@ async fn api(a: BenchArgs, json: bool) -> Result<ExitCode> {
 
     let report = Report {
         store: node.core.store().backend_name().into(),
-        clients: a.clients,
-        seconds: a.seconds,
+        clients,
+        seconds,
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         measurements: vec![requests, debits],
     };
@@ -294,4 +288,41 @@ async fn api(a: BenchArgs, json: bool) -> Result<ExitCode> {
         print!("{}", t.render());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A data scientist (`bench@bench.local`) with `epsilon` to spend, logged in: the owner funds
+/// them, since nobody may set their own budget.
+pub(crate) async fn funded_analyst(anon: &Client, owner: &Client, epsilon: f64) -> Result<Client> {
+    Ok(
+        funded_analyst_named(anon, owner, "bench@bench.local", epsilon)
+            .await?
+            .0,
+    )
+}
+
+/// [`funded_analyst`] under a chosen email; also returns the password it was given.
+pub(crate) async fn funded_analyst_named(
+    anon: &Client,
+    owner: &Client,
+    email: &str,
+    epsilon: f64,
+) -> Result<(Client, String)> {
+    let created = owner.create_user(email, "data-scientist").await?;
+    let first = anon.with_token(anon.login(email, &created.one_time_password).await?.token);
+    let pw = veil_crypto::random::one_time_password();
+    first
+        .change_password(&created.one_time_password, &pw)
+        .await?;
+    owner
+        .set_budget(
+            email,
+            &veil_api_types::SetBudgetRequest {
+                dataset: None,
+                epsilon,
+                delta: 0.0,
+            },
+        )
+        .await?;
+    let client = anon.with_token(anon.login(email, &pw).await?.token);
+    Ok((client, pw))
 }

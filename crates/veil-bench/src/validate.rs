@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use veil_api_types::{SetBudgetRequest, ValidateRequestBody};
+use veil_api_types::ValidateRequestBody;
 use veil_client::Client;
 use veil_server::ServerConfig;
 use veil_server::testing::RunningNode;
@@ -107,16 +107,7 @@ pub async fn run(rows: u64, runs: usize, json: bool) -> Result<()> {
     let node = RunningNode::start(config).await?;
     let anon = Client::new(&node.url)?;
     let owner = anon.with_token(anon.login("owner@localhost", &pw).await?.token);
-    owner
-        .set_budget(
-            "owner@localhost",
-            &SetBudgetRequest {
-                dataset: None,
-                epsilon: (runs as f64).max(100.0),
-                delta: 0.0,
-            },
-        )
-        .await?;
+    let analyst = crate::funded_analyst(&anon, &owner, (runs as f64).max(100.0)).await?;
     say("uploading …");
     let len = std::fs::metadata(&csv)?.len();
     let stream =
@@ -132,7 +123,7 @@ pub async fn run(rows: u64, runs: usize, json: bool) -> Result<()> {
     let (mut times, mut accuracy) = (vec![], f64::NAN);
     for _ in 0..runs {
         let t = Instant::now();
-        let r = owner
+        let r = analyst
             .validate(
                 "bench-mlp",
                 &ValidateRequestBody {

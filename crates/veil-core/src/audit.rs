@@ -110,17 +110,13 @@ impl Core {
         route: &str,
         needed: Permission,
     ) -> Result<()> {
-        self.store
-            .append_audit(
-                NewAuditEntry::new(
-                    p.email(),
-                    "access.denied",
-                    format!("route:{method} {route}"),
-                )
+        let target = format!("route:{method} {route}");
+        self.record_denial(
+            &format!("access.denied {} {target}", p.user.id),
+            NewAuditEntry::new(p.email(), "access.denied", target)
                 .outcome(veil_store::AuditOutcome::Denied)
                 .details(json!({"permission": needed.as_str(), "role": p.user.role})),
-            )
-            .await?;
-        Ok(())
+        )
+        .await
     }
 }

@@ -3,7 +3,8 @@
 use serde_json::json;
 use veil_crypto::{ParsedToken, TokenSecret};
 use veil_store::{
-    AuditOutcome, NewAuditEntry, NewRole, NewToken, NewUser, PasswordChange, TokenKind, User,
+    AuditOutcome, NewAuditEntry, NewRole, NewToken, NewUser, PasswordChange, Revokes, TokenKind,
+    User,
 };
 use veil_types::{Email, PresetRole};
 use zeroize::Zeroizing;
@@ -131,19 +132,19 @@ impl Core {
         client_ip: &str,
     ) -> Result<LoginOutcome> {
         let now = self.now();
-        let normalized = email.trim().to_ascii_lowercase();
-        let email_key = format!("email:{normalized}");
-        let ip_key = format!("ip:{client_ip}");
-        let target = format!("user:{}", truncate(&normalized, 254));
-        if let Err(retry_after_secs) = self.login_limiter.check(&[&email_key, &ip_key], now) {
-            self.store
-                .append_audit(
-                    NewAuditEntry::new(ANONYMOUS, "auth.login", target)
-                        .outcome(AuditOutcome::Denied)
-                        .details(json!({"reason": "rate_limited", "ip": client_ip})),
-                )
-                .await?;
-            return Err(CoreError::RateLimited { retry_after_secs });
+        let normalized = truncate(email.trim(), 254).to_ascii_lowercase();
+        let target = format!("user:{normalized}");
+        if let Err(throttled) = self.login_throttle.check(&normalized, client_ip, now) {
+            self.record_denial(
+                &format!("auth.login throttled {}", throttled.key),
+                NewAuditEntry::new(ANONYMOUS, "auth.login", target)
+                    .outcome(AuditOutcome::Denied)
+                    .details(json!({"reason": "rate_limited", "ip": client_ip})),
+            )
+            .await?;
+            return Err(CoreError::RateLimited {
+                retry_after_secs: throttled.retry_after_secs,
+            });
         }
 
         let user = match Email::parse(email) {
@@ -165,8 +166,7 @@ impl Core {
                     Some(u) if u.disabled => "disabled",
                     Some(_) => "wrong_password",
                 };
-                self.login_limiter
-                    .record_failure(&[&email_key, &ip_key], now);
+                self.login_throttle.failed(&normalized, client_ip, now);
                 self.store
                     .append_audit(
                         NewAuditEntry::new(ANONYMOUS, "auth.login", target)
@@ -178,7 +178,7 @@ impl Core {
             }
         };
 
-        self.login_limiter.clear(&email_key);
+        self.login_throttle.succeeded(&normalized, client_ip, now);
         let secret = TokenSecret::generate();
         let expires_at = now.saturating_add(micros(self.settings.session_ttl));
         self.store
@@ -278,7 +278,9 @@ impl Core {
                 &PasswordChange {
                     password_hash: hash,
                     must_change_password: false,
-                    keep_token: Some(p.token_id.clone()),
+                    revokes: Revokes::OtherSessions {
+                        keep: Some(p.token_id.clone()),
+                    },
                 },
                 NewAuditEntry::new(p.email(), "user.password", format!("user:{}", p.email())),
             )

@@ -8,6 +8,7 @@ use veil_store::{AuditOutcome, Budget, BudgetCap, DebitReceipt, DebitRequest, Le
 use veil_store::{NewAuditEntry, User};
 use veil_types::{DatasetName, Delta, Epsilon, Permission};
 
+use crate::error::Conflict;
 use crate::users::UserRef;
 use crate::{Core, CoreError, Principal, Result};
 
@@ -42,6 +43,10 @@ pub type DebitOutcome = DebitReceipt;
 impl Core {
     /// Sets a user's overall cap, or their cap for one dataset. What was already spent stays
     /// spent: lowering a cap below it leaves nothing to spend.
+    ///
+    /// Separation of duties: nobody sets their own budget (a role with `budgets:manage`
+    /// could otherwise grant itself any ε), and budgets follow the rule for managing users:
+    /// only someone holding every permission of the target's role may set theirs.
     pub async fn set_budget(
         &self,
         p: &Principal,
@@ -59,6 +64,12 @@ impl Core {
             .transpose()
             .map_err(|e| CoreError::InvalidInput(e.to_string()))?;
         let target = self.resolve_user(user).await?;
+        if target.id == p.user.id {
+            return Err(CoreError::Conflict(Conflict::SelfAction(
+                "set the budget of",
+            )));
+        }
+        p.ensure_can_grant(&self.role_permissions(&target.role).await?)?;
         let previous = self
             .store
             .list_budgets(target.id)
@@ -167,13 +178,21 @@ impl Core {
                 let err = CoreError::from(e);
                 if matches!(err, CoreError::NoBudget | CoreError::BudgetExhausted { .. }) {
                     details["reason"] = json!(err.to_string());
-                    self.store
-                        .append_audit(
-                            NewAuditEntry::new(actor, "budget.debit", target)
-                                .outcome(AuditOutcome::Refused)
-                                .details(details),
-                        )
-                        .await?;
+                    let why = if matches!(err, CoreError::NoBudget) {
+                        "no budget"
+                    } else {
+                        "exhausted"
+                    };
+                    self.record_denial(
+                        &format!(
+                            "budget.debit refused {user_id} {target} {} {why}",
+                            spend.purpose
+                        ),
+                        NewAuditEntry::new(actor, "budget.debit", &target)
+                            .outcome(AuditOutcome::Refused)
+                            .details(details),
+                    )
+                    .await?;
                 }
                 Err(err)
             }

@@ -317,10 +317,16 @@ impl Core {
         let costed = match planned {
             Ok(c) => c,
             Err(refusal) => {
-                self.store.append_audit(refused(refusal.0.clone())).await?;
+                self.record_denial(
+                    &format!("query.refused {} {target}", p.user.id),
+                    refused(refusal.0.clone()),
+                )
+                .await?;
                 return Err(CoreError::QueryRefused(refusal.0));
             }
         };
+        // Held until the answer is recorded, on the charged task too.
+        let slot = self.query_slots.take(p.user.id)?;
         let prepared = match self
             .datasets
             .prepare(
@@ -387,6 +393,7 @@ impl Core {
         let core = Arc::clone(self);
         let caller = p.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let receipt = core.spend(&caller, &spend).await?;
             let request_id = receipt
                 .request_id
@@ -406,9 +413,18 @@ impl Core {
                 seconds = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
                 "query run finished"
             );
+            // Charged already: a database too busy to record the outcome is an internal
+            // failure (the request ends as a charged failure at the next start), never a
+            // `busy` answer inviting a retry as though nothing had happened.
             let released = core
                 .record_query(caller.email(), request_id, outcome)
-                .await?;
+                .await
+                .map_err(|e| match e {
+                    CoreError::Busy => CoreError::Internal(format!(
+                        "the outcome of query request {request_id} could not be recorded: the database was busy"
+                    )),
+                    other => other,
+                })?;
             Ok(QueryOutcome {
                 released,
                 receipt,

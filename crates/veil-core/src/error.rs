@@ -13,6 +13,11 @@ pub enum CoreError {
     /// Too many failed logins, or more encrypted samples than the node allows per window.
     #[error("too many attempts or requests; try again in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
+    /// The caller already has as many operations of this kind in progress as the node allows.
+    #[error(
+        "you already have {limit} {what} in progress, the most this node allows; retry when one ends"
+    )]
+    TooManyInProgress { what: &'static str, limit: usize },
     #[error("you must change your one-time password first (veil passwd)")]
     PasswordChangeRequired,
     #[error("this action requires the permission {0}")]
@@ -81,6 +86,9 @@ pub enum CoreError {
     /// The dataset's file cannot be read on this node (checked before anything is charged).
     #[error("the dataset's data is not available on this node; nothing was charged")]
     DatasetUnavailable,
+    /// The node is overloaded (no database connection came free in time); nothing changed.
+    #[error("the node is busy; retry in a few seconds")]
+    Busy,
     /// A validation request that does not fit the model or the dataset.
     #[error("{0}")]
     InvalidValidation(String),
@@ -184,6 +192,7 @@ impl From<veil_store::StoreError> for CoreError {
             S::Conflict(Entity::Token) => CoreError::Conflict(Conflict::TokenNameTaken),
             S::InUse(Entity::Role) => CoreError::Conflict(Conflict::RoleInUse),
             S::NoBudget => CoreError::NoBudget,
+            S::Busy => CoreError::Busy,
             S::BudgetExhausted(r) => CoreError::BudgetExhausted {
                 global: r.global,
                 dataset: r.dataset,

@@ -303,6 +303,23 @@ impl Core {
 
     // ---- evaluation keys
 
+    /// Reserves the right to send an evaluation key, before its bytes are read: keys are
+    /// hundreds of megabytes held in memory until checked, so each user sends one at a time
+    /// and the node takes `KEY_UPLOADS_AT_ONCE` at once (others are told it is busy).
+    pub fn reserve_key_upload(&self, p: &Principal) -> Result<KeyUpload> {
+        p.require(Permission::FheInfer)?;
+        let own = self.key_upload_slots.take(p.user.id)?;
+        let node = self
+            .key_uploads
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| CoreError::Busy)?;
+        Ok(KeyUpload {
+            _own: own,
+            _node: node,
+        })
+    }
+
     /// Stores a user's evaluation key after checking that it parses with this node's
     /// parameters. Expired keys of the user are removed first; the number of live keys per
     /// user is limited.
@@ -362,6 +379,8 @@ impl Core {
                     sha256: sha256.clone(),
                     size_bytes: size,
                     expires_at: now.saturating_add(ttl),
+                    max_live_per_user: u32::try_from(self.settings.fhe_max_keys_per_user)
+                        .unwrap_or(u32::MAX),
                 },
                 NewAuditEntry::new(p.email(), "fhe.key.add", format!("fhe-key:{id}"))
                     .details(json!({"sha256": sha256, "bytes": size})),
@@ -374,7 +393,13 @@ impl Core {
             }
             Err(e) => {
                 let _ = self.datasets.remove_evaluation_key(&id);
-                Err(e.into())
+                Err(match e {
+                    // Another upload of the user's took the last place meanwhile.
+                    veil_store::StoreError::LimitReached(_) => CoreError::Conflict(
+                        crate::error::Conflict::TooManyFheKeys(self.settings.fhe_max_keys_per_user),
+                    ),
+                    other => other.into(),
+                })
             }
         }
     }
@@ -575,4 +600,14 @@ mod tests {
         let nan = good.replace("5,6", "NaN,6");
         assert!(calibration_rows(nan.as_bytes(), 2).is_err());
     }
+}
+
+/// Evaluation key uploads the node takes at once (each is held whole in memory while checked).
+pub(crate) const KEY_UPLOADS_AT_ONCE: usize = 2;
+
+/// The right to send one evaluation key; held while it is read and checked.
+#[derive(Debug)]
+pub struct KeyUpload {
+    _own: crate::slots::Slot,
+    _node: tokio::sync::OwnedSemaphorePermit,
 }

@@ -22,6 +22,8 @@ mod principal;
 mod rate_limit;
 mod requests;
 mod roles;
+mod slots;
+mod throttle;
 mod tokens;
 mod users;
 
@@ -34,7 +36,7 @@ pub use budgets::{BudgetReport, DebitOutcome, Spend};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use datasets::{DatasetInfo, MockRows, QueryOutcome};
 pub use error::CoreError;
-pub use fhe::{FheInferRequest, FhePublish, FheRun, FheSummary};
+pub use fhe::{FheInferRequest, FhePublish, FheRun, FheSummary, KeyUpload};
 pub use models::ModelInfo;
 pub use password_policy::PasswordPolicy;
 pub use principal::Principal;
@@ -49,12 +51,14 @@ pub mod records {
 }
 pub use rate_limit::RateLimitSettings;
 pub use requests::ValidationRequest;
+pub use slots::{Counted, Held};
+pub use throttle::{LoginThrottleSettings, client_address_key};
 pub use tokens::Token;
 pub use users::{UserRef, UserUpdateRequest};
 
 use tokio::sync::Semaphore;
 use veil_crypto::AuditKey;
-use veil_store::Store;
+use veil_store::{NewAuditEntry, Store};
 
 pub type Result<T, E = CoreError> = std::result::Result<T, E>;
 
@@ -63,12 +67,18 @@ pub type Result<T, E = CoreError> = std::result::Result<T, E>;
 pub struct CoreSettings {
     /// How long a login session lasts.
     pub session_ttl: Duration,
-    /// The longest lifetime an API token may be given; `None` allows tokens that never expire.
+    /// The longest lifetime an API token may be given, and the lifetime of a token asked for
+    /// without one; `None` allows tokens that never expire.
     pub max_token_ttl: Option<Duration>,
     pub password_policy: PasswordPolicy,
-    pub login_rate_limit: RateLimitSettings,
+    pub login_throttle: LoginThrottleSettings,
+    /// Identical denials (throttled logins, refused calls, refused charges) within this
+    /// window are written to the audit log once, with a count.
+    pub denial_window: Duration,
     /// How many Argon2 computations may run at once (each takes 19 MiB and ~50 ms of CPU).
     pub password_hash_concurrency: usize,
+    /// DP queries one user may have running at once.
+    pub max_queries_per_user: usize,
     /// Largest dataset upload, in bytes.
     pub upload_limit_bytes: u64,
     /// Largest model upload, in bytes.
@@ -103,12 +113,15 @@ impl Default for CoreSettings {
     fn default() -> Self {
         Self {
             session_ttl: Duration::from_secs(12 * 3600),
-            max_token_ttl: None,
+            // A forgotten script's token should not work for ever.
+            max_token_ttl: Some(Duration::from_secs(365 * 86_400)),
             password_policy: PasswordPolicy::default(),
-            login_rate_limit: RateLimitSettings::default(),
+            login_throttle: LoginThrottleSettings::default(),
+            denial_window: Duration::from_secs(60),
             password_hash_concurrency: std::thread::available_parallelism()
                 .map(|n| n.get() * 2)
                 .unwrap_or(4),
+            max_queries_per_user: 2,
             upload_limit_bytes: 10 * 1024 * 1024 * 1024,
             model_limit_bytes: 64 * 1024 * 1024,
             require_signed_models: false,
@@ -122,7 +135,7 @@ impl Default for CoreSettings {
             fhe_max_batch: 64,
             fhe_max_features: 4096,
             fhe_rate_limit: RateLimitSettings {
-                max_failures: 10_000,
+                max_events: 10_000,
                 window: Duration::from_secs(24 * 3600),
             },
         }
@@ -137,7 +150,13 @@ pub struct Core {
     audit_key: AuditKey,
     clock: Arc<dyn Clock>,
     settings: CoreSettings,
-    login_limiter: rate_limit::RateLimiter,
+    login_throttle: throttle::LoginThrottle,
+    denials: throttle::DenialLog,
+    /// DP queries in progress per user.
+    query_slots: slots::PerUserSlots,
+    /// Evaluation key uploads in progress, per user and on the node.
+    key_upload_slots: slots::PerUserSlots,
+    key_uploads: Arc<Semaphore>,
     /// Encrypted samples per user and window.
     fhe_limiter: rate_limit::RateLimiter,
     hashing: Semaphore,
@@ -175,7 +194,11 @@ impl Core {
     ) -> Self {
         Self {
             datasets,
-            login_limiter: rate_limit::RateLimiter::new(settings.login_rate_limit.clone()),
+            login_throttle: throttle::LoginThrottle::new(settings.login_throttle.clone()),
+            denials: throttle::DenialLog::new(settings.denial_window),
+            query_slots: slots::PerUserSlots::new("queries", settings.max_queries_per_user),
+            key_upload_slots: slots::PerUserSlots::new("evaluation key uploads", 1),
+            key_uploads: Arc::new(Semaphore::new(fhe::KEY_UPLOADS_AT_ONCE)),
             fhe_limiter: rate_limit::RateLimiter::new(settings.fhe_rate_limit.clone()),
             hashing: Semaphore::new(settings.password_hash_concurrency.max(1)),
             model_pool: Arc::new(model_pool::ModelPool::new(settings.model_threads)),
@@ -186,6 +209,22 @@ impl Core {
             clock,
             settings,
         }
+    }
+
+    /// Writes `entry`, a denial of kind `kind`, unless one of that kind was written within the
+    /// denial window; then it is only counted, and the next one written carries the count
+    /// (`unwritten_before`). See `throttle::DenialLog`.
+    pub(crate) async fn record_denial(&self, kind: &str, mut entry: NewAuditEntry) -> Result<()> {
+        let Some(unwritten) = self.denials.admit(kind, self.now()) else {
+            return Ok(());
+        };
+        if unwritten > 0
+            && let serde_json::Value::Object(map) = &mut entry.details
+        {
+            map.insert("unwritten_before".into(), serde_json::json!(unwritten));
+        }
+        self.store.append_audit(entry).await?;
+        Ok(())
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

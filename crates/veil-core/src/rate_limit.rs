@@ -1,12 +1,9 @@
-//! Rate limiting in fixed windows. Logins: after too many failures for one email or from one
-//! address within a window, further attempts are refused until the window passes, without
-//! checking the password (so a locked account cannot be probed). Encrypted predictions: each
-//! user may run a bounded number of samples per window (`try_take`), which bounds how fast a
-//! data user can query a published model (to extract it, say).
+//! Quotas in fixed windows: each user may run a bounded number of encrypted samples per window
+//! (`try_take`), which bounds how fast a data user can query a published model (to extract it,
+//! say). Logins are slowed by `throttle` instead.
 //!
 //! State is in memory: it resets when the node restarts, and nodes sharing a PostgreSQL
-//! database each count separately. Both are acceptable for slowing online guessing, which is
-//! what this is for; Argon2id is what protects against offline guessing.
+//! database each count separately.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -16,24 +13,15 @@ use veil_store::Timestamp;
 
 #[derive(Debug, Clone)]
 pub struct RateLimitSettings {
-    /// Failures (logins) or events (encrypted samples) allowed per key within `window`.
-    pub max_failures: u32,
+    /// Events (encrypted samples) allowed per key within `window`.
+    pub max_events: u32,
     pub window: Duration,
-}
-
-impl Default for RateLimitSettings {
-    fn default() -> Self {
-        Self {
-            max_failures: 5,
-            window: Duration::from_secs(300),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Window {
     started: Timestamp,
-    failures: u32,
+    events: u32,
 }
 
 #[derive(Debug)]
@@ -42,7 +30,7 @@ pub(crate) struct RateLimiter {
     windows: Mutex<HashMap<String, Window>>,
 }
 
-/// Above this many tracked keys, expired windows are swept on the next failure.
+/// Above this many tracked keys, expired windows are swept on the next event.
 const SWEEP_THRESHOLD: usize = 10_000;
 
 impl RateLimiter {
@@ -57,46 +45,6 @@ impl RateLimiter {
         crate::micros(self.settings.window)
     }
 
-    /// `Err(retry_after_secs)` if any of `keys` is locked out at `now`.
-    pub(crate) fn check(&self, keys: &[&str], now: Timestamp) -> Result<(), u64> {
-        let windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        let mut wait = 0i64;
-        for key in keys {
-            if let Some(w) = windows.get(*key) {
-                let ends = w.started.saturating_add(self.window_micros());
-                if w.failures >= self.settings.max_failures && ends > now {
-                    wait = wait.max(ends - now);
-                }
-            }
-        }
-        if wait > 0 {
-            Err(u64::try_from(wait).unwrap_or(1).div_ceil(1_000_000).max(1))
-        } else {
-            Ok(())
-        }
-    }
-
-    pub(crate) fn record_failure(&self, keys: &[&str], now: Timestamp) {
-        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        let span = self.window_micros();
-        if windows.len() > SWEEP_THRESHOLD {
-            windows.retain(|_, w| w.started.saturating_add(span) > now);
-        }
-        for key in keys {
-            let w = windows.entry((*key).to_string()).or_insert(Window {
-                started: now,
-                failures: 0,
-            });
-            if w.started.saturating_add(span) <= now {
-                *w = Window {
-                    started: now,
-                    failures: 0,
-                };
-            }
-            w.failures += 1;
-        }
-    }
-
     /// Counts `n` events for `key` at `now` if they fit the window's quota, or refuses with
     /// the seconds until the window ends (check and count are one step).
     pub(crate) fn try_take(&self, key: &str, n: u32, now: Timestamp) -> Result<(), u64> {
@@ -107,25 +55,20 @@ impl RateLimiter {
         }
         let w = windows.entry(key.to_string()).or_insert(Window {
             started: now,
-            failures: 0,
+            events: 0,
         });
         if w.started.saturating_add(span) <= now {
             *w = Window {
                 started: now,
-                failures: 0,
+                events: 0,
             };
         }
-        if w.failures.saturating_add(n) > self.settings.max_failures {
+        if w.events.saturating_add(n) > self.settings.max_events {
             let wait = w.started.saturating_add(span) - now;
             return Err(u64::try_from(wait).unwrap_or(1).div_ceil(1_000_000).max(1));
         }
-        w.failures += n;
+        w.events += n;
         Ok(())
-    }
-
-    pub(crate) fn clear(&self, key: &str) {
-        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        windows.remove(key);
     }
 }
 
@@ -134,25 +77,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn locks_after_max_failures_until_the_window_ends() {
+    fn a_quota_refuses_what_does_not_fit_until_the_window_ends() {
         let l = RateLimiter::new(RateLimitSettings {
-            max_failures: 3,
+            max_events: 10,
             window: Duration::from_secs(60),
         });
         let t0 = 1_000_000_000;
-        for i in 0..3 {
-            assert_eq!(l.check(&["a"], t0 + i), Ok(()));
-            l.record_failure(&["a"], t0 + i);
-        }
-        assert_eq!(l.check(&["a"], t0 + 10), Err(60));
-        assert_eq!(l.check(&["b"], t0 + 10), Ok(()), "other keys unaffected");
-        assert_eq!(
-            l.check(&["b", "a"], t0 + 10),
-            Err(60),
-            "any locked key locks"
-        );
-        assert_eq!(l.check(&["a"], t0 + 60_000_000), Ok(()), "window over");
-        l.clear("a");
-        assert_eq!(l.check(&["a"], t0 + 10), Ok(()));
+        assert_eq!(l.try_take("a", 6, t0), Ok(()));
+        assert_eq!(l.try_take("a", 5, t0 + 1), Err(60), "6 + 5 > 10");
+        assert_eq!(l.try_take("a", 4, t0 + 2), Ok(()), "what fits is taken");
+        assert_eq!(l.try_take("b", 10, t0 + 3), Ok(()), "other keys unaffected");
+        assert_eq!(l.try_take("a", 10, t0 + 60_000_000), Ok(()), "window over");
     }
 }

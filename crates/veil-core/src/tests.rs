@@ -82,7 +82,7 @@ impl Node {
         self.login(email, "a long passphrase for tests").await
     }
 
-    async fn audit_actions(&self) -> Vec<(String, String)> {
+    async fn audit_entries(&self) -> Vec<veil_store::AuditEntry> {
         self.core
             .store()
             .list_audit(&AuditFilter {
@@ -91,6 +91,11 @@ impl Node {
             })
             .await
             .expect("audit")
+    }
+
+    async fn audit_actions(&self) -> Vec<(String, String)> {
+        self.audit_entries()
+            .await
             .into_iter()
             .map(|e| (e.action, e.outcome))
             .collect()
@@ -165,8 +170,9 @@ async fn wrong_password_and_unknown_email_look_the_same_and_are_audited() {
 }
 
 #[tokio::test]
-async fn repeated_failures_lock_the_email_until_the_window_passes() {
+async fn failed_logins_slow_their_source_without_locking_the_owner_out() {
     let n = node().await;
+    n.owner().await; // from 10.0.0.1, which becomes an address the owner is known at
     for _ in 0..5 {
         let r = n
             .core
@@ -174,14 +180,41 @@ async fn repeated_failures_lock_the_email_until_the_window_passes() {
             .await;
         assert!(matches!(r, Err(CoreError::InvalidCredentials)));
     }
-    // Even the right password is refused while locked, from another address too.
-    let locked = n.core.login("owner@localhost", OWNER_PW, "5.6.7.8").await;
-    assert!(
-        matches!(locked, Err(CoreError::RateLimited { retry_after_secs }) if retry_after_secs > 0),
-        "{locked:?}"
-    );
-    n.clock.advance(Duration::from_secs(301));
+    // The guesser's address now waits, even with the right password (it is not checked).
+    for _ in 0..50 {
+        let slowed = n.core.login("owner@localhost", OWNER_PW, "1.2.3.4").await;
+        assert!(
+            matches!(
+                slowed,
+                Err(CoreError::RateLimited {
+                    retry_after_secs: 1
+                })
+            ),
+            "{slowed:?}"
+        );
+    }
+    // The owner's usual address, and a colleague behind the guesser's address, do not.
     n.owner().await;
+    let ana = n.user("ana@lab.org", "data-scientist").await;
+    n.core
+        .login("ana@lab.org", "a long passphrase for tests", "1.2.3.4")
+        .await
+        .expect("another account from the same address");
+    drop(ana);
+    // Once the delay has passed, the address may try again.
+    n.clock.advance(Duration::from_secs(2));
+    n.core
+        .login("owner@localhost", OWNER_PW, "1.2.3.4")
+        .await
+        .expect("after the delay");
+    // Fifty throttled attempts made one audit entry, not fifty.
+    let throttled = n
+        .audit_entries()
+        .await
+        .into_iter()
+        .filter(|e| e.action == "auth.login" && e.details.contains("rate_limited"))
+        .count();
+    assert_eq!(throttled, 1);
 }
 
 #[tokio::test]
@@ -224,6 +257,62 @@ async fn tokens_expire_and_revoked_tokens_stop_working() {
 }
 
 #[tokio::test]
+async fn a_password_reset_ends_api_tokens_for_good_and_tokens_expire_by_default() {
+    let n = node().await;
+    let ana = n.user("ana@lab.org", "data-scientist").await;
+    let (token, secret) = n
+        .core
+        .create_api_token(&ana, "notebook", None)
+        .await
+        .expect("token");
+    assert_eq!(
+        token.expires_at,
+        Some(START + 365 * 86_400 * 1_000_000),
+        "a token asked for without a lifetime gets the node's longest"
+    );
+    n.core.authenticate(secret.expose()).await.expect("works");
+
+    let owner = n.owner().await;
+    let otp = n
+        .core
+        .reset_password(&owner, &UserRef::Email("ana@lab.org".into()))
+        .await
+        .expect("reset");
+    let first = n.login("ana@lab.org", otp.expose()).await;
+    n.core
+        .change_password(&first, otp.expose(), "another long passphrase here")
+        .await
+        .expect("new password");
+    assert!(
+        matches!(
+            n.core.authenticate(secret.expose()).await,
+            Err(CoreError::Unauthenticated)
+        ),
+        "a token minted before the reset stays dead after the new password is set"
+    );
+
+    // The user's own change keeps the API tokens they made on purpose.
+    let ana = n.login("ana@lab.org", "another long passphrase here").await;
+    let (_, kept) = n
+        .core
+        .create_api_token(&ana, "kept", Some(Duration::from_secs(3600)))
+        .await
+        .expect("token");
+    n.core
+        .change_password(
+            &ana,
+            "another long passphrase here",
+            "yet another passphrase, longer",
+        )
+        .await
+        .expect("change");
+    n.core
+        .authenticate(kept.expose())
+        .await
+        .expect("still works");
+}
+
+#[tokio::test]
 async fn a_one_time_password_must_be_changed_before_anything_else() {
     let n = node().await;
     let owner = n.owner().await;
@@ -255,6 +344,61 @@ async fn a_one_time_password_must_be_changed_before_anything_else() {
         .expect("session kept");
     assert!(!ana.user.must_change_password);
     n.core.list_tokens(&ana).await.expect("now allowed");
+}
+
+#[tokio::test]
+async fn nobody_sets_their_own_budget_nor_that_of_a_role_they_could_not_manage() {
+    let n = node().await;
+    let owner = n.owner().await;
+    let ana = n.user("ana@lab.org", "data-scientist").await;
+    n.core
+        .create_role(
+            &owner,
+            "budgeteer",
+            &PermissionSet::parse_list("budgets:manage,budgets:read,queries:run").expect("valid"),
+            "",
+        )
+        .await
+        .expect("role");
+    let bob = n.user("bob@lab.org", "budgeteer").await;
+    let own = |p: &Principal, email: &str| {
+        let (p, email) = (p.clone(), email.to_string());
+        let core = &n.core;
+        async move {
+            core.set_budget(&p, &UserRef::Email(email), None, 1_000_000.0, 0.0)
+                .await
+        }
+    };
+    let raised = own(&bob, "bob@lab.org").await;
+    assert!(
+        matches!(raised, Err(CoreError::Conflict(Conflict::SelfAction(_)))),
+        "{raised:?}"
+    );
+    let owner_self = own(&owner, "owner@localhost").await;
+    assert!(
+        matches!(
+            owner_self,
+            Err(CoreError::Conflict(Conflict::SelfAction(_)))
+        ),
+        "{owner_self:?}"
+    );
+    // bob lacks most of a data scientist's permissions, so he cannot set ana's budget.
+    let theirs = own(&bob, "ana@lab.org").await;
+    assert!(
+        matches!(theirs, Err(CoreError::PrivilegeEscalation { .. })),
+        "{theirs:?}"
+    );
+    // An administrator cannot create a data scientist (no `queries:run`), so cannot fund
+    // one either; the owner, who holds everything, can.
+    let admin = n.user("admin@lab.org", "administrator").await;
+    let by_admin = own(&admin, "ana@lab.org").await;
+    assert!(
+        matches!(&by_admin, Err(CoreError::PrivilegeEscalation { missing }) if missing.contains(&Permission::QueriesRun)),
+        "{by_admin:?}"
+    );
+    own(&owner, "ana@lab.org").await.expect("the owner may");
+    own(&owner, "bob@lab.org").await.expect("the owner may");
+    drop(ana);
 }
 
 #[tokio::test]

@@ -60,8 +60,8 @@ impl From<TokenRecord> for Token {
 
 impl Core {
     /// Creates an API token for the caller. It carries the caller's permissions (through
-    /// their role) and can be revoked on its own. `ttl: None` means no expiry, if the node
-    /// allows that.
+    /// their role) and can be revoked on its own. `ttl: None` means the node's longest
+    /// lifetime, or no expiry if the node sets none.
     pub async fn create_api_token(
         &self,
         p: &Principal,
@@ -75,23 +75,16 @@ impl Core {
                 "a token lifetime must be positive".into(),
             ));
         }
-        if let Some(max) = self.settings.max_token_ttl {
-            match ttl {
-                None => {
-                    return Err(CoreError::InvalidInput(format!(
-                        "this node requires tokens to expire within {} days",
-                        max.as_secs() / 86_400
-                    )));
-                }
-                Some(t) if t > max => {
-                    return Err(CoreError::InvalidInput(format!(
-                        "the longest token lifetime allowed is {} days",
-                        max.as_secs() / 86_400
-                    )));
-                }
-                Some(_) => {}
+        let ttl = match (ttl, self.settings.max_token_ttl) {
+            (Some(t), Some(max)) if t > max => {
+                return Err(CoreError::InvalidInput(format!(
+                    "the longest token lifetime allowed is {} days",
+                    max.as_secs() / 86_400
+                )));
             }
-        }
+            (None, max) => max,
+            (Some(t), _) => Some(t),
+        };
         let secret = TokenSecret::generate();
         let expires_at = ttl.map(|t| self.now().saturating_add(micros(t)));
         let record = self

@@ -1,7 +1,7 @@
 //! Managing user accounts.
 
 use serde_json::json;
-use veil_store::{NewAuditEntry, NewUser, PasswordChange, User, UserUpdate};
+use veil_store::{NewAuditEntry, NewUser, PasswordChange, Revokes, User, UserUpdate};
 use veil_types::{Email, Permission, PermissionSet, PresetRole, RoleName};
 
 use crate::auth::OneTimePassword;
@@ -173,7 +173,8 @@ impl Core {
             .await?)
     }
 
-    /// Replaces a user's password with a new one-time password and ends their sessions.
+    /// Replaces a user's password with a new one-time password and ends every session and API
+    /// token they hold.
     pub async fn reset_password(&self, p: &Principal, r: &UserRef) -> Result<OneTimePassword> {
         p.require(Permission::UsersManage)?;
         let target = self.resolve_user(r).await?;
@@ -186,7 +187,7 @@ impl Core {
                 &PasswordChange {
                     password_hash: hash,
                     must_change_password: true,
-                    keep_token: None,
+                    revokes: Revokes::Everything,
                 },
                 NewAuditEntry::new(
                     p.email(),

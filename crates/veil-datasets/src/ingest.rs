@@ -171,10 +171,8 @@ impl EncryptedWriter {
             let _ = std::fs::remove_file(&temp_path);
             io(e)
         })?;
-        if let Some(dir) = final_path.parent()
-            && let Ok(d) = File::open(dir)
-        {
-            let _ = d.sync_all();
+        if let Some(dir) = final_path.parent() {
+            crate::sync_dir(dir).map_err(io)?;
         }
         Ok((rows, size))
     }
@@ -219,6 +217,7 @@ pub(crate) fn run(job: Job, mut rx: mpsc::Receiver<Bytes>) -> Result<(u64, u64),
         }
         Format::Parquet => {
             let spool = Spool::write(&job.spool_path, &mut rx)?;
+            check_footer(&spool)?;
             let reader = ParquetRecordBatchReaderBuilder::try_new(spool)
                 .map_err(|e| IngestError::Malformed(format!("not a readable Parquet file: {e}")))?;
             let file_schema = reader.schema().clone();
@@ -422,6 +421,26 @@ impl CsvStream {
 
 // ---------------------------------------------------------------------------------------
 // Parquet
+
+/// Refuses a Parquet file whose schema the reader could not safely build (see `footer`).
+fn check_footer(spool: &SharedSpool) -> Result<(), IngestError> {
+    let refuse = |e: crate::footer::FooterError| IngestError::Malformed(e.to_string());
+    let read = |start: u64, len: usize| {
+        spool
+            .0
+            .read_range(start, len)
+            .map_err(|e| IngestError::Malformed(format!("not a readable Parquet file: {e}")))
+    };
+    let file_len = spool.len();
+    if file_len < 12 {
+        return Err(refuse(crate::footer::FooterError::NotParquet));
+    }
+    let tail: [u8; 8] = read(file_len - 8, 8)?
+        .try_into()
+        .map_err(|_| refuse(crate::footer::FooterError::Truncated))?;
+    let (offset, len) = crate::footer::locate(&tail, file_len).map_err(refuse)?;
+    crate::footer::check_flat_schema(&read(offset, len)?).map_err(refuse)
+}
 
 /// How each manifest column is read from an uploaded Parquet file.
 struct ColumnCast {

@@ -12,6 +12,7 @@
 
 mod dates;
 mod fixed;
+mod footer;
 mod ingest;
 pub mod models;
 mod query;
@@ -82,6 +83,45 @@ pub struct Storage {
     /// The key ranking a unit's rows when its contribution is bounded: fresh per session
     /// (`None`), except in tests that need the same choice twice.
     row_key: Option<veil_crypto::prf::Prf>,
+    /// Where queries read and compute (see `Executor`).
+    executor: Arc<Executor>,
+}
+
+/// The runtime queries execute on: DataFusion's scans and aggregations are CPU-bound tasks,
+/// and on the runtime that serves requests they would queue logins, listings and budget reads
+/// behind analysts' work. On threads of their own, the operating system shares the cores
+/// between the two instead.
+#[derive(Debug)]
+struct Executor(Option<tokio::runtime::Runtime>);
+
+impl Executor {
+    fn start(threads: usize) -> std::io::Result<Self> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("veil-query")
+            .enable_all()
+            .build()
+            .map(|rt| Self(Some(rt)))
+    }
+
+    fn handle(&self) -> Option<tokio::runtime::Handle> {
+        self.0.as_ref().map(|rt| rt.handle().clone())
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        // A runtime dropped from async code must not block on its tasks.
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Makes a rename (or a new file) in `dir` durable: renaming only changes the directory, which
+/// must be synced itself before a record may point at the file.
+pub(crate) fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 fn label(file_id: &str) -> String {
@@ -98,18 +138,26 @@ impl Storage {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
         }
-        for entry in std::fs::read_dir(&dir)?.flatten() {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with(".tmp-") || name.starts_with(".spool-") {
-                let _ = std::fs::remove_file(entry.path());
+        // Datasets sit at the top; model files and evaluation keys in their folders.
+        for folder in [dir.clone(), dir.join("models"), dir.join("fhe-keys")] {
+            let Ok(entries) = std::fs::read_dir(&folder) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with(".tmp-") || name.starts_with(".spool-") {
+                    let _ = std::fs::remove_file(entry.path());
+                }
             }
         }
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         Ok(Self {
             dir,
             master,
-            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            threads,
             row_key: None,
+            executor: Arc::new(Executor::start(threads)?),
         })
     }
 
@@ -247,7 +295,11 @@ impl Storage {
             .session(file_id, wrapped_key, manifest)
             .await
             .map_err(|e| PrepareError::Unavailable(e.0))?;
-        query::prepare(ctx, manifest, costed)
+        let executor = self
+            .executor
+            .handle()
+            .ok_or_else(|| PrepareError::Unavailable("the node is shutting down".into()))?;
+        query::prepare(ctx, manifest, costed, executor)
             .await
             .map_err(|e| PrepareError::Plan(e.0))
     }

@@ -26,17 +26,24 @@ pub struct StoredModel {
     pub wrapped_key: WrappedKey,
 }
 
-/// Writes `bytes` to a temp file beside `path` (named by `id`), then renames it into place.
+/// Writes `bytes` to a temp file beside `path` (named by `id`), syncs it, renames it into
+/// place and syncs the directory: once this returns, a crash cannot leave the record that
+/// follows pointing at a file that is missing or short.
 fn write_atomically(path: &std::path::Path, id: &str, bytes: &[u8]) -> Result<(), ModelFileError> {
+    use std::io::Write as _;
     let io = |e: std::io::Error| ModelFileError::Io(e.to_string());
     let dir = path.parent().map(PathBuf::from).unwrap_or_default();
     std::fs::create_dir_all(&dir).map_err(io)?;
     let tmp = dir.join(format!(".tmp-{id}"));
-    std::fs::write(&tmp, bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(|e| {
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
         let _ = std::fs::remove_file(&tmp);
-        io(e)
-    })
+        return Err(io(e));
+    }
+    crate::sync_dir(&dir).map_err(io)
 }
 
 impl Storage {

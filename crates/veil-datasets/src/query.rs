@@ -417,6 +417,8 @@ pub struct PreparedQuery {
     measures: Vec<Measure>,
     nkeys: usize,
     task: Arc<datafusion::execution::TaskContext>,
+    /// The runtime the rows are read on.
+    executor: tokio::runtime::Handle,
 }
 
 impl std::fmt::Debug for PreparedQuery {
@@ -433,6 +435,7 @@ pub(crate) async fn prepare(
     ctx: SessionContext,
     manifest: &veil_dp::Manifest,
     costed: &CostedPlan,
+    executor: tokio::runtime::Handle,
 ) -> Result<PreparedQuery, ExecError> {
     let err = |e: datafusion::error::DataFusionError| ExecError(e.to_string());
     let measures = plan_measures(&costed.plan);
@@ -467,12 +470,21 @@ pub(crate) async fn prepare(
         histograms: planned,
         measures,
         nkeys: costed.plan.keys.len(),
+        executor,
     })
 }
 
 impl PreparedQuery {
-    /// Reads the rows and computes the exact measures.
+    /// Reads the rows and computes the exact measures, on the query runtime.
     pub async fn run(self) -> Result<ExactResult, ExecError> {
+        let executor = self.executor.clone();
+        executor
+            .spawn(self.run_here())
+            .await
+            .map_err(|e| ExecError(format!("the query task ended abnormally: {e}")))?
+    }
+
+    async fn run_here(self) -> Result<ExactResult, ExecError> {
         let err = |e: datafusion::error::DataFusionError| ExecError(e.to_string());
         let nkeys = self.nkeys;
         let mut exact = ExactResult::new(self.measures.clone());
@@ -518,7 +530,10 @@ pub async fn execute_unencrypted(
         key: None,
     };
     let ctx = session(file, manifest, threads, veil_crypto::prf::Prf::random()).await?;
-    prepare(ctx, manifest, costed).await?.run().await
+    prepare(ctx, manifest, costed, tokio::runtime::Handle::current())
+        .await?
+        .run()
+        .await
 }
 
 fn read_scalar(

@@ -186,11 +186,48 @@ fn rho_for(epsilon: f64, delta: f64) -> Result<f64, Refusal> {
     .map_err(refusal)
 }
 
+/// Most exact cells one query may compute: groups × the summed width of its measures (a
+/// quantile's histogram is up to `MAX_QUANTILE_CANDIDATES` wide). Each cell is an integer held
+/// in memory, noised or scored; 8 M cells are 64 MiB and a few seconds of one core.
+pub const MAX_CELLS: usize = 8_000_000;
+/// Most values one answer may release (groups × outputs): about 100 bytes each in JSON.
+pub const MAX_RELEASED_VALUES: usize = 250_000;
+
+/// Refuses, before anything is charged or read, a query whose work or answer size is too
+/// large. Both checks depend on the plan and the manifest only. A text column's values are not
+/// public (it can only be the single key), so its groups are counted as
+/// `MAX_KEYS_PER_COLUMN`: an assumption, not a bound, since the rows hold as many distinct
+/// values as they hold; the threshold release shows only the frequent ones.
+fn bound_work(plan: &QueryPlan, measures: &[Measure]) -> Result<(), Refusal> {
+    let groups = plan
+        .public_key_count()
+        .unwrap_or(crate::sql::MAX_KEYS_PER_COLUMN);
+    let width: usize = measures.iter().map(Measure::width).sum();
+    let cells = groups.saturating_mul(width.max(1));
+    if cells > MAX_CELLS {
+        return Err(Refusal(format!(
+            "the query would compute {cells} cells ({groups} groups × {width} per group; quantiles count \
+             as their number of candidate values), above the limit of {MAX_CELLS}: group by fewer or \
+             coarser keys, or ask for fewer quantiles"
+        )));
+    }
+    let values = groups.saturating_mul(plan.outputs.len().max(1));
+    if values > MAX_RELEASED_VALUES {
+        return Err(Refusal(format!(
+            "the answer would hold {values} values ({groups} groups × {} columns), above the limit of \
+             {MAX_RELEASED_VALUES}: group by fewer or coarser keys, or select fewer columns",
+            plan.outputs.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Calibrates noise for `plan` and computes what it costs.
 pub fn cost(plan: QueryPlan) -> Result<CostedPlan, Refusal> {
     let o = plan.options;
     let k = i64::from(plan.unit.rows_per_unit());
     let measures = measures(&plan);
+    bound_work(&plan, &measures)?;
     let unknown = plan.has_unknown_keys();
     let shares = plan.aggregates.len() + usize::from(unknown);
     let eps_share = o.epsilon / shares as f64;

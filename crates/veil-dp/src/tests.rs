@@ -479,3 +479,26 @@ fn order_by_and_limit_apply_to_released_values() {
         .collect();
     assert_eq!(ages, ["30", "31", "70"]);
 }
+
+#[test]
+fn work_and_answer_size_are_bounded_before_anything_is_charged() {
+    // 121 ages × 2 sexes × 372 months: 90 024 groups, within the key-combination limit.
+    let grouped = |aggregates: &str| {
+        format!(
+            "SELECT age, sex, date_trunc('month', visit), {aggregates} FROM patients \
+             GROUP BY age, sex, date_trunc('month', visit)"
+        )
+    };
+    let quantiles = cost(planned(&grouped("MEDIAN(income)"), opts(1.0, 0.0)))
+        .expect_err("a quantile histogram per group is too much work");
+    assert!(quantiles.0.contains("cells"), "{}", quantiles.0);
+    let wide = cost(planned(&grouped("COUNT(*)"), opts(1.0, 0.0)))
+        .expect_err("90 024 groups × 4 columns is too large an answer");
+    assert!(wide.0.contains("values"), "{}", wide.0);
+    // The same shape over coarser keys is fine.
+    cost(planned(
+        "SELECT age, sex, MEDIAN(income), COUNT(*) FROM patients GROUP BY age, sex",
+        opts(1.0, 0.0),
+    ))
+    .expect("242 groups");
+}

@@ -79,6 +79,11 @@ pub enum StartError {
         path: String,
         source: std::io::Error,
     },
+    #[error(
+        "the data directory {path} is open to other users (mode {mode:o}) and not empty; \
+         run `chmod 700 {path}` if nobody else has read it, and start again"
+    )]
+    DataDirTooOpen { path: String, mode: u32 },
     #[error(transparent)]
     MasterKey(#[from] MasterKeyError),
     #[error("cannot open the metadata store: {0}")]
@@ -132,6 +137,11 @@ pub struct Prepared {
     api: ApiConfig,
 }
 
+/// Creates the data directory (0700), or checks an existing one: it holds the metadata
+/// database (password hashes, emails, the audit log, wrapped data keys), so nobody but the
+/// node's user may read it. An existing directory open to others is tightened if it is empty
+/// (a mount point or a `mkdir` made for the node) and refused otherwise, since what is already
+/// inside may have been read.
 fn ensure_private_dir(path: &Path) -> Result<(), StartError> {
     let err = |source| StartError::DataDir {
         path: path.display().to_string(),
@@ -139,11 +149,36 @@ fn ensure_private_dir(path: &Path) -> Result<(), StartError> {
     };
     if !path.exists() {
         std::fs::create_dir_all(path).map_err(err)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+        restrict_to_owner(path).map_err(err)?;
+        return Ok(());
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).map_err(err)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            // A fresh ext4 mount point holds only `lost+found`.
+            let empty = std::fs::read_dir(path)
+                .map_err(err)?
+                .flatten()
+                .all(|e| e.file_name() == "lost+found");
+            if !empty {
+                return Err(StartError::DataDirTooOpen {
+                    path: path.display().to_string(),
+                    mode,
+                });
+            }
+            restrict_to_owner(path).map_err(err)?;
         }
+    }
+    Ok(())
+}
+
+fn restrict_to_owner(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
     }
     Ok(())
 }
@@ -271,7 +306,14 @@ impl Prepared {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartError> {
         let app = veil_api::router(self.core.clone(), &self.api);
-        let result = veil_api::serve(app, listener, self.tls.clone(), shutdown).await;
+        let result = veil_api::serve(
+            app,
+            listener,
+            self.tls.clone(),
+            self.api.connections.clone(),
+            shutdown,
+        )
+        .await;
         self.store.close().await;
         result.map_err(StartError::Serve)
     }
@@ -295,5 +337,43 @@ mod tests {
             "postgres://…@db:5432/veil"
         );
         assert_eq!(super::redact_url("mysql://x"), "mysql://x");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_data_directory_open_to_others_is_tightened_when_empty_and_refused_otherwise() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode =
+            |p: &std::path::Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+        let root = tempfile::tempdir().expect("tempdir");
+
+        let fresh = root.path().join("fresh");
+        super::ensure_private_dir(&fresh).expect("created");
+        assert_eq!(mode(&fresh), 0o700);
+
+        let mounted = root.path().join("mounted");
+        std::fs::create_dir(&mounted).expect("mkdir");
+        std::fs::set_permissions(&mounted, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        super::ensure_private_dir(&mounted).expect("an empty directory is tightened");
+        assert_eq!(mode(&mounted), 0o700);
+
+        let used = root.path().join("used");
+        std::fs::create_dir(&used).expect("mkdir");
+        std::fs::write(used.join("veil.db"), b"").expect("write");
+        std::fs::set_permissions(&used, std::fs::Permissions::from_mode(0o750)).expect("chmod");
+        let refused = super::ensure_private_dir(&used).expect_err("refused");
+        assert!(
+            matches!(
+                refused,
+                super::StartError::DataDirTooOpen { mode: 0o750, .. }
+            ),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("chmod 700"), "{refused}");
+        assert_eq!(
+            mode(&used),
+            0o750,
+            "left as it was for the operator to judge"
+        );
     }
 }

@@ -474,12 +474,21 @@ pub async fn password_change_keeps_only_the_current_session(f: &dyn Fixture) {
             .expect("session");
     }
     store
+        .create_token(
+            &token("aaaaaaaaaaa4", ana.id, TokenKind::Api, None),
+            audit("token.create"),
+        )
+        .await
+        .expect("api token");
+    store
         .set_password(
             ana.id,
             &PasswordChange {
                 password_hash: "$argon2id$new".into(),
                 must_change_password: false,
-                keep_token: Some("aaaaaaaaaaa2".into()),
+                revokes: Revokes::OtherSessions {
+                    keep: Some("aaaaaaaaaaa2".into()),
+                },
             },
             audit("user.password"),
         )
@@ -503,7 +512,33 @@ pub async fn password_change_keeps_only_the_current_session(f: &dyn Fixture) {
         .filter(|t| t.revoked_at.is_none())
         .map(|t| t.id)
         .collect();
-    assert_eq!(active, ["aaaaaaaaaaa2"]);
+    assert_eq!(
+        active,
+        ["aaaaaaaaaaa2", "aaaaaaaaaaa4"],
+        "the session making the change and the API token stay"
+    );
+
+    // An administrator's reset ends everything, API tokens included.
+    store
+        .set_password(
+            ana.id,
+            &PasswordChange {
+                password_hash: "$argon2id$reset".into(),
+                must_change_password: true,
+                revokes: Revokes::Everything,
+            },
+            audit("user.password_reset"),
+        )
+        .await
+        .expect("reset");
+    let active = store
+        .list_tokens(ana.id)
+        .await
+        .expect("list")
+        .into_iter()
+        .filter(|t| t.revoked_at.is_none())
+        .count();
+    assert_eq!(active, 0);
 }
 
 pub async fn budgets_set_and_update_caps(f: &dyn Fixture) {
@@ -778,7 +813,7 @@ pub async fn every_mutation_extends_a_valid_chain(f: &dyn Fixture) {
             &PasswordChange {
                 password_hash: "h".into(),
                 must_change_password: false,
-                keep_token: None,
+                revokes: Revokes::OtherSessions { keep: None },
             },
             audit("user.password"),
         )
@@ -1281,6 +1316,7 @@ pub async fn fhe_artifacts_and_evaluation_keys_round_trip(f: &dyn Fixture) {
         sha256: "ab".into(),
         size_bytes: 30_000_000,
         expires_at: 1_000,
+        max_live_per_user: 3,
     };
     let rec = store
         .add_evaluation_key(&key, audit("fhe.key.add"))
@@ -1316,6 +1352,52 @@ pub async fn fhe_artifacts_and_evaluation_keys_round_trip(f: &dyn Fixture) {
         .await
         .expect("delete");
     assert_eq!(store.get_evaluation_key("ek_1").await.expect("get"), None);
+
+    // Racing uploads cannot pass the per-user count together; expired keys do not count.
+    let far = i64::MAX / 2;
+    let uploads = (0..8).map(|i| {
+        let store = store.clone();
+        let key = NewEvaluationKey {
+            id: format!("ek_race{i}"),
+            user_id: other.id,
+            sha256: "cd".into(),
+            size_bytes: 1,
+            expires_at: far,
+            max_live_per_user: 2,
+        };
+        async move { store.add_evaluation_key(&key, audit("fhe.key.add")).await }
+    });
+    let outcomes = futures::future::join_all(uploads).await;
+    let stored = outcomes.iter().filter(|o| o.is_ok()).count();
+    assert_eq!(stored, 2, "{outcomes:?}");
+    assert!(
+        outcomes
+            .iter()
+            .filter_map(|o| o.as_ref().err())
+            .all(|e| matches!(e, StoreError::LimitReached(_))),
+        "{outcomes:?}"
+    );
+    let expired = NewEvaluationKey {
+        id: "ek_old".into(),
+        user_id: du.id,
+        sha256: "ef".into(),
+        size_bytes: 1,
+        expires_at: 1,
+        max_live_per_user: 1,
+    };
+    store
+        .add_evaluation_key(&expired, audit("fhe.key.add"))
+        .await
+        .expect("first");
+    let again = NewEvaluationKey {
+        id: "ek_new".into(),
+        expires_at: far,
+        ..expired
+    };
+    store
+        .add_evaluation_key(&again, audit("fhe.key.add"))
+        .await
+        .expect("the expired key does not count");
 }
 
 pub async fn models_are_versioned(f: &dyn Fixture) {

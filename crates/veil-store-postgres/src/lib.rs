@@ -53,7 +53,7 @@ impl Dialect for Postgres {
 pub async fn open(url: &str, key: AuditKey, clock: Arc<dyn Clock>) -> Result<PostgresStore> {
     let pool = PgPoolOptions::new()
         .max_connections(32)
-        .acquire_timeout(Duration::from_secs(30))
+        .acquire_timeout(Duration::from_secs(15))
         .connect(url)
         .await
         .map_err(|e| StoreError::Backend(e.to_string()))?;

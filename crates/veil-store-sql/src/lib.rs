@@ -64,7 +64,10 @@ impl<D> std::fmt::Debug for SqlStore<D> {
 }
 
 fn backend(e: sqlx::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
+    match e {
+        sqlx::Error::PoolTimedOut => StoreError::Busy,
+        other => StoreError::Backend(other.to_string()),
+    }
 }
 
 fn is_unique(e: &sqlx::Error) -> bool {
@@ -583,13 +586,20 @@ where
         if D::rows_affected(&changed) == 0 {
             return Err(StoreError::NotFound(Entity::User));
         }
-        query(
-            "UPDATE tokens SET revoked_at = $1
-             WHERE user_id = $2 AND kind = 'session' AND revoked_at IS NULL AND id IS DISTINCT FROM $3",
-        )
-        .bind(now)
-        .bind(id)
-        .bind(change.keep_token.as_deref())
+        match &change.revokes {
+            Revokes::OtherSessions { keep } => query(
+                "UPDATE tokens SET revoked_at = $1
+                 WHERE user_id = $2 AND kind = 'session' AND revoked_at IS NULL AND id IS DISTINCT FROM $3",
+            )
+            .bind(now)
+            .bind(id)
+            .bind(keep.as_deref()),
+            Revokes::Everything => query(
+                "UPDATE tokens SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL",
+            )
+            .bind(now)
+            .bind(id),
+        }
         .execute(&mut *tx)
         .await
         .map_err(backend)?;
@@ -1097,6 +1107,29 @@ where
         audit: NewAuditEntry,
     ) -> Result<EvaluationKeyRecord> {
         let mut tx = self.begin().await?;
+        let now = self.now();
+        // The user's row serialises their uploads (PostgreSQL); SQLite's writer already does.
+        query(AssertSqlSafe(format!(
+            "SELECT id FROM users WHERE id = $1{}",
+            D::LOCK_ROWS
+        )))
+        .bind(key.user_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?
+        .ok_or(StoreError::NotFound(Entity::User))?;
+        let live: i64 =
+            query("SELECT COUNT(*) FROM evaluation_keys WHERE user_id = $1 AND expires_at > $2")
+                .bind(key.user_id)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(backend)?
+                .try_get(0)
+                .map_err(backend)?;
+        if live >= i64::from(key.max_live_per_user) {
+            return Err(StoreError::LimitReached(Entity::EvaluationKey));
+        }
         let row = query_as::<_, rows::EvaluationKeyRow>(concat!(
             "INSERT INTO evaluation_keys (id, user_id, sha256, size_bytes, created_at, expires_at)
              VALUES ($1, $2, $3, $4, $5, $6) RETURNING ",
@@ -1106,7 +1139,7 @@ where
         .bind(key.user_id)
         .bind(&key.sha256)
         .bind(sql_amount(key.size_bytes))
-        .bind(self.now())
+        .bind(now)
         .bind(key.expires_at)
         .fetch_one(&mut *tx)
         .await

@@ -71,7 +71,9 @@ pub async fn open(path: &Path, key: AuditKey, clock: Arc<dyn Clock>) -> Result<S
         .busy_timeout(Duration::from_secs(10));
     let write = SqlitePoolOptions::new()
         .max_connections(1)
-        .acquire_timeout(Duration::from_secs(60))
+        // Writes are short transactions; a caller waiting longer than this is told the node
+        // is busy (503 with Retry-After) rather than held for a minute and failed.
+        .acquire_timeout(Duration::from_secs(15))
         .connect_with(base.clone().create_if_missing(true))
         .await
         .map_err(backend)?;

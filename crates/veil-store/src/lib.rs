@@ -68,6 +68,9 @@ pub enum StoreError {
     StateChanged,
     #[error("{0} is still in use")]
     InUse(Entity),
+    /// The owner already holds as many of `entity` as allowed.
+    #[error("too many of {0}")]
+    LimitReached(Entity),
     #[error("no privacy budget has been set for this user")]
     NoBudget,
     #[error("privacy budget exhausted")]
@@ -75,6 +78,9 @@ pub enum StoreError {
     /// The stored data could not be decoded: a bug or outside tampering.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// No database connection became free in time: the node is overloaded, nothing changed.
+    #[error("the database is busy")]
+    Busy,
     /// The database failed (connection lost, disk full, …). Details are for logs only.
     #[error("database error: {0}")]
     Backend(String),
@@ -147,7 +153,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         update: &UserUpdate,
         audit: NewAuditEntry,
     ) -> Result<User>;
-    /// Replaces the password hash and revokes the user's sessions except `keep_token`.
+    /// Replaces the password hash and revokes the tokens `change.revokes` names.
     async fn set_password(
         &self,
         id: UserId,
@@ -230,7 +236,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<Vec<ModelRecord>>;
 
     // ---- evaluation keys (encrypted inference)
-    /// `Conflict` if the id is taken.
+    /// `Conflict` if the id is taken; `LimitReached` if the user already holds
+    /// `key.max_live_per_user` unexpired keys.
     async fn add_evaluation_key(
         &self,
         key: &NewEvaluationKey,

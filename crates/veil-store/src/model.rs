@@ -62,8 +62,18 @@ pub struct UserUpdate {
 pub struct PasswordChange {
     pub password_hash: String,
     pub must_change_password: bool,
-    /// The session to keep (the one making the change), if any; all others are revoked.
-    pub keep_token: Option<String>,
+    pub revokes: Revokes,
+}
+
+/// Which of the user's tokens a password change ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revokes {
+    /// The user's own change: every session but the one making it (`keep`, if any) ends; API
+    /// tokens, which the user made on purpose and can revoke one by one, stay.
+    OtherSessions { keep: Option<String> },
+    /// An administrator's reset: every session and every API token ends, so nothing minted
+    /// before the reset works again once the user has chosen a new password.
+    Everything,
 }
 
 impl std::fmt::Debug for PasswordChange {
@@ -71,7 +81,7 @@ impl std::fmt::Debug for PasswordChange {
         f.debug_struct("PasswordChange")
             .field("password_hash", &"[redacted]")
             .field("must_change_password", &self.must_change_password)
-            .field("keep_token", &self.keep_token)
+            .field("revokes", &self.revokes)
             .finish()
     }
 }
@@ -484,6 +494,9 @@ pub struct NewEvaluationKey {
     pub sha256: String,
     pub size_bytes: u64,
     pub expires_at: Timestamp,
+    /// Unexpired keys the user may hold, this one included; checked in the insert's
+    /// transaction, so racing uploads cannot pass it together.
+    pub max_live_per_user: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

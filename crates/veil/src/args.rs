@@ -103,6 +103,11 @@ pub struct ServeArgs {
     /// Also create demo accounts and sample data.
     #[arg(long)]
     pub demo: bool,
+    /// Read the owner's first password from standard input (one line), for the first start.
+    /// `VEIL_ADMIN_PASSWORD` is taken this way too: the node re-executes itself with the
+    /// variable removed, so its environment never shows it.
+    #[arg(long)]
+    pub admin_password_stdin: bool,
     /// TLS certificate chain (PEM); requires --tls-key.
     #[arg(long, env = "VEIL_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -115,10 +120,26 @@ pub struct ServeArgs {
     /// Largest request body in bytes [default: 1048576].
     #[arg(long, env = "VEIL_BODY_LIMIT")]
     pub body_limit: Option<usize>,
+    /// Connections open at once [default: what the open-files limit allows, at most 16384].
+    #[arg(long, env = "VEIL_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Connections open at once from one address (an IPv6 /64); 0 for no limit, as behind a
+    /// reverse proxy, which then must limit them itself [default: 64].
+    #[arg(long, env = "VEIL_MAX_CONNECTIONS_PER_ADDRESS")]
+    pub max_connections_per_address: Option<usize>,
+    /// How long a client may take to send a request's headers, which is also how long an idle
+    /// HTTP/1.1 keep-alive connection stays open, e.g. 20s [default: 20s].
+    #[arg(long, env = "VEIL_HEADER_READ_TIMEOUT")]
+    pub header_read_timeout: Option<String>,
+    /// How long a connection with no request in progress and no traffic stays open, e.g. 60s
+    /// [default: 60s].
+    #[arg(long, env = "VEIL_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<String>,
     /// Login session lifetime, e.g. 12h [default: 12h].
     #[arg(long, env = "VEIL_SESSION_TTL")]
     pub session_ttl: Option<String>,
-    /// Longest lifetime an API token may have, e.g. 365d [default: unlimited].
+    /// Longest lifetime an API token may have, and the lifetime of one created without
+    /// `--ttl`, e.g. 90d, or `never` [default: 365d].
     #[arg(long, env = "VEIL_MAX_TOKEN_TTL")]
     pub max_token_ttl: Option<String>,
     /// Refuse model uploads not signed by a key registered to the uploader.

@@ -21,9 +21,28 @@ use veil_client::ClientError;
 
 use crate::args::{Cli, Command};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before any thread exists: this may replace the process (see the function).
+    #[cfg(unix)]
+    if let Command::Serve(a) = &cli.command
+        && let Some(failed) = serve::hand_off_admin_password(a)
+    {
+        return failed;
+    }
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> ExitCode {
     let json = cli.global.json;
     let result = match cli.command {
         Command::Serve(a) => serve::run(*a).await,

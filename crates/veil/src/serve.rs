@@ -25,6 +25,10 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     cors_origins: Option<Vec<String>>,
     body_limit: Option<usize>,
+    max_connections: Option<usize>,
+    max_connections_per_address: Option<usize>,
+    header_read_timeout: Option<String>,
+    idle_timeout: Option<String>,
     session_ttl: Option<String>,
     max_token_ttl: Option<String>,
     log_format: Option<String>,
@@ -44,6 +48,8 @@ struct FileConfig {
 #[derive(Debug)]
 struct Settings {
     server: ServerConfig,
+    /// Asked for explicitly; otherwise sized from the open-files limit at start.
+    max_connections: Option<usize>,
     listen: String,
     demo: bool,
     log_json: bool,
@@ -71,9 +77,15 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
         server.owner_email = email;
     }
     // Never a flag: a password on the command line is visible to every local user in `ps`.
-    server.admin_password = std::env::var("VEIL_ADMIN_PASSWORD")
-        .ok()
-        .filter(|p| !p.is_empty());
+    // `VEIL_ADMIN_PASSWORD` arrives here on stdin too (`hand_off_admin_password`).
+    if args.admin_password_stdin {
+        server.admin_password = Some(read_admin_password(std::io::stdin().lock())?);
+    } else if !cfg!(unix) {
+        // Without exec, the variable is read in place (and stays in the environment).
+        server.admin_password = std::env::var(ADMIN_PASSWORD_VAR)
+            .ok()
+            .filter(|p| !p.is_empty());
+    }
     server.tls = match (
         args.tls_cert.or(file.tls_cert),
         args.tls_key.or(file.tls_key),
@@ -100,6 +112,24 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
             bail!("--body-limit must be at least 1024 bytes");
         }
         server.api.body_limit = limit;
+    }
+    if let Some(n) = args
+        .max_connections_per_address
+        .or(file.max_connections_per_address)
+    {
+        server.api.connections.max_per_address = n;
+    }
+    if let Some(t) = args.header_read_timeout.or(file.header_read_timeout) {
+        server.api.connections.header_read_timeout = parse_lifetime(&t)?
+            .context("the header read timeout cannot be `never`: give e.g. 20s")?;
+    }
+    if let Some(t) = args.idle_timeout.or(file.idle_timeout) {
+        server.api.connections.idle_timeout =
+            parse_lifetime(&t)?.context("the idle timeout cannot be `never`: give e.g. 60s")?;
+    }
+    let max_connections = args.max_connections.or(file.max_connections);
+    if max_connections == Some(0) {
+        bail!("--max-connections must be at least 1");
     }
     if let Some(ttl) = args.session_ttl.or(file.session_ttl) {
         server.core.session_ttl = parse_lifetime(&ttl)?
@@ -134,7 +164,7 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
         if n == 0 {
             bail!("--fhe-samples-per-day must be at least 1");
         }
-        server.core.fhe_rate_limit.max_failures = n;
+        server.core.fhe_rate_limit.max_events = n;
     }
     if let Some(t) = args.fhe_time_limit.or(file.fhe_time_limit) {
         server.core.fhe_time_limit = parse_lifetime(&t)?
@@ -155,6 +185,7 @@ fn resolve(args: ServeArgs) -> Result<Settings> {
     };
     Ok(Settings {
         server,
+        max_connections,
         listen: args
             .listen
             .or(file.listen)
@@ -190,9 +221,159 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: finishing in-flight requests");
 }
 
+/// The variable that may carry the owner's first password.
+const ADMIN_PASSWORD_VAR: &str = "VEIL_ADMIN_PASSWORD";
+/// Longer than any password a person types or a secret manager hands out, and far below a
+/// pipe's smallest capacity (one page), so handing it over can never block.
+const MAX_ADMIN_PASSWORD_BYTES: u64 = 1024;
+
+/// Reads the owner's first password: one line, without its line ending.
+fn read_admin_password(input: impl std::io::Read) -> Result<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    input
+        .take(MAX_ADMIN_PASSWORD_BYTES + 1)
+        .read_to_string(&mut text)
+        .context("cannot read the admin password from stdin")?;
+    if text.len() as u64 > MAX_ADMIN_PASSWORD_BYTES {
+        bail!("the admin password is longer than {MAX_ADMIN_PASSWORD_BYTES} bytes");
+    }
+    let password = text.lines().next().unwrap_or("").to_string();
+    if password.is_empty() {
+        bail!("--admin-password-stdin: no password on stdin");
+    }
+    Ok(password)
+}
+
+/// `VEIL_ADMIN_PASSWORD` would stay readable in the node's environment (`/proc/<pid>/environ`,
+/// and every child process) for the node's whole life, and removing a variable does not erase
+/// the environment block the kernel shows. So the node re-executes itself without it, handing
+/// the password over on a pipe as its standard input (`--admin-password-stdin`). Returns only
+/// if that failed (with the exit code), or `None` if there is nothing to hand over.
+#[cfg(unix)]
+pub fn hand_off_admin_password(args: &ServeArgs) -> Option<ExitCode> {
+    use std::io::Write as _;
+    use std::os::unix::ffi::OsStrExt as _;
+    use std::os::unix::process::CommandExt as _;
+    let password = std::env::var_os(ADMIN_PASSWORD_VAR)?;
+    if password.is_empty() {
+        // Nothing secret to hide; an empty value means "not set", as it always has.
+        return None;
+    }
+    let fail = |message: String| {
+        eprintln!("error: {message}");
+        Some(ExitCode::FAILURE)
+    };
+    if args.admin_password_stdin {
+        return fail(format!(
+            "give the admin password either in {ADMIN_PASSWORD_VAR} or with --admin-password-stdin, not both"
+        ));
+    }
+    if password.len() as u64 > MAX_ADMIN_PASSWORD_BYTES || password.as_bytes().contains(&b'\n') {
+        return fail(format!(
+            "{ADMIN_PASSWORD_VAR} must be one line of at most {MAX_ADMIN_PASSWORD_BYTES} bytes"
+        ));
+    }
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            return fail(format!(
+                "cannot find the running program to restart it: {e}"
+            ));
+        }
+    };
+    let (reader, mut writer) = match std::io::pipe() {
+        Ok(p) => p,
+        Err(e) => return fail(format!("cannot hand over {ADMIN_PASSWORD_VAR}: {e}")),
+    };
+    // A pipe holds far more than the longest accepted password, so this cannot block.
+    if let Err(e) = writer
+        .write_all(password.as_bytes())
+        .and_then(|()| writer.write_all(b"\n"))
+    {
+        return fail(format!("cannot hand over {ADMIN_PASSWORD_VAR}: {e}"));
+    }
+    drop(writer);
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .arg("--admin-password-stdin")
+        .env_remove(ADMIN_PASSWORD_VAR)
+        .stdin(reader)
+        .exec();
+    fail(format!(
+        "cannot restart without {ADMIN_PASSWORD_VAR} in the environment: {err}"
+    ))
+}
+
+/// Descriptors kept back from connections: the store's connections, dataset and model files,
+/// upload spools, logs.
+const RESERVED_FILES: u64 = 256;
+/// Connections a default configuration allows at most, whatever the open-files limit.
+const DEFAULT_MAX_CONNECTIONS: u64 = 16_384;
+
+/// Raises the soft open-files limit towards the hard one (a common default is 1 024 soft with
+/// far more allowed): every connection holds a descriptor. Returns the soft limit in force.
+#[cfg(unix)]
+fn raise_open_files_limit() -> u64 {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let now = getrlimit(Resource::Nofile);
+    let soft = now.current.unwrap_or(u64::MAX);
+    let wanted = now
+        .maximum
+        .unwrap_or(u64::MAX)
+        .min(RESERVED_FILES + DEFAULT_MAX_CONNECTIONS);
+    if wanted > soft {
+        let raised = Rlimit {
+            current: Some(wanted),
+            maximum: now.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => return wanted,
+            Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+        }
+    }
+    soft
+}
+
+#[cfg(not(unix))]
+fn raise_open_files_limit() -> u64 {
+    RESERVED_FILES + DEFAULT_MAX_CONNECTIONS
+}
+
+/// How many connections the node accepts at once, given the open-files limit.
+fn connection_limit(asked: Option<usize>, open_files: u64) -> Result<usize> {
+    let room = open_files.saturating_sub(RESERVED_FILES);
+    match asked {
+        Some(n) if n as u64 > room => bail!(
+            "--max-connections {n} needs more open files than this process may have ({open_files}, \
+             of which {RESERVED_FILES} are kept for the node's own files); raise `ulimit -n` or ask for fewer"
+        ),
+        Some(n) => Ok(n),
+        None => {
+            let n = room.min(DEFAULT_MAX_CONNECTIONS);
+            if n < 64 {
+                tracing::warn!(
+                    open_files,
+                    "the open-files limit leaves room for few connections; raise `ulimit -n`"
+                );
+            }
+            Ok(usize::try_from(n.max(16)).unwrap_or(usize::MAX))
+        }
+    }
+}
+
 pub async fn run(args: ServeArgs) -> Result<ExitCode> {
-    let settings = resolve(args)?;
+    let mut settings = resolve(args)?;
     veil::logging::init(settings.log_json, &settings.log_level)?;
+    let open_files = raise_open_files_limit();
+    settings.server.api.connections.max_connections =
+        connection_limit(settings.max_connections, open_files)?;
+    tracing::info!(
+        open_files,
+        max_connections = settings.server.api.connections.max_connections,
+        max_per_address = settings.server.api.connections.max_per_address,
+        "connection limits"
+    );
     let data_dir = settings.server.data_dir.clone();
     let owner_email = settings.server.owner_email.clone();
     let prepared = veil_server::prepare(settings.server).await?;
@@ -288,8 +469,46 @@ mod tests {
                 log_format: Some("xml".into()),
                 ..ServeArgs::default()
             },
+            ServeArgs {
+                max_connections: Some(0),
+                ..ServeArgs::default()
+            },
+            ServeArgs {
+                idle_timeout: Some("never".into()),
+                ..ServeArgs::default()
+            },
         ] {
             assert!(resolve(args).is_err());
         }
+    }
+
+    #[test]
+    fn connections_are_sized_from_the_open_files_limit() {
+        assert_eq!(
+            connection_limit(None, 1024).expect("fits"),
+            1024 - RESERVED_FILES as usize
+        );
+        assert_eq!(
+            connection_limit(None, 1 << 20).expect("fits"),
+            DEFAULT_MAX_CONNECTIONS as usize
+        );
+        assert_eq!(connection_limit(Some(100), 1024).expect("fits"), 100);
+        let too_many = connection_limit(Some(2000), 1024).expect_err("refused");
+        assert!(format!("{too_many}").contains("ulimit -n"), "{too_many}");
+        assert_eq!(
+            connection_limit(None, 300).expect("shrinks rather than stops"),
+            44
+        );
+        assert_eq!(connection_limit(None, 260).expect("at least a few"), 16);
+    }
+
+    #[test]
+    fn the_admin_password_is_one_line_of_stdin() {
+        assert_eq!(
+            read_admin_password(&b"correct horse\nignored"[..]).expect("read"),
+            "correct horse"
+        );
+        assert!(read_admin_password(&b"\n"[..]).is_err());
+        assert!(read_admin_password(&vec![b'a'; 5000][..]).is_err());
     }
 }

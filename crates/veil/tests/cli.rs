@@ -509,14 +509,24 @@ async fn datasets_and_queries_from_the_command_line() {
     let mock = cli.ok(&["datasets", "mock", "patients", "--rows", "3"]);
     assert!(mock.starts_with("SYNTHETIC"), "{mock}");
 
-    cli.ok(&[
-        "budget",
-        "set",
-        "--user",
-        "owner@localhost",
-        "--epsilon",
-        "2",
+    // Nobody funds themselves: the owner funds an analyst, who asks.
+    let created = cli.ok(&[
+        "users",
+        "create",
+        "--email",
+        "ana@lab.org",
+        "--role",
+        "data-scientist",
     ]);
+    let otp = one_time_password(&created);
+    cli.ok(&["budget", "set", "--user", "ana@lab.org", "--epsilon", "2"]);
+    let owner = cli;
+    let cli = Cli::new(&node.url);
+    let out = cli.run_stdin(
+        &["login", "--email", "ana@lab.org", "--password-stdin"],
+        &format!("{otp}\n{ANA_PW}\n"),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
     let out = cli.ok(&[
         "query",
         "patients",
@@ -554,6 +564,7 @@ async fn datasets_and_queries_from_the_command_line() {
     ]);
     assert_eq!(exhausted.status.code(), Some(7));
 
+    let cli = owner;
     let bad = dir.path().join("bad.csv");
     std::fs::write(&bad, "age,sex,income\n300,F,1\n").expect("bad");
     let out = cli.run(&[

@@ -99,6 +99,9 @@ pub(crate) async fn list_keys(
     ))
 }
 
+/// How long sending one evaluation key may take (256 MiB at 2.2 MB/s).
+const KEY_UPLOAD_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
 #[utoipa::path(post, path = "/api/v1/fhe/keys", tag = "fhe",
     security(("bearer" = [])),
     request_body(content = Vec<u8>, content_type = "application/octet-stream",
@@ -110,6 +113,8 @@ pub(crate) async fn list_keys(
         (status = 409, description = "`fhe_key_limit`", body = ErrorBody),
         (status = 413, description = "`payload_too_large`", body = ErrorBody),
         (status = 422, description = "`malformed_ciphertext`: not a key for this node's parameters", body = ErrorBody),
+        (status = 429, description = "`too_many_in_progress`: the caller is already sending a key", body = ErrorBody),
+        (status = 503, description = "`busy`: the node is taking as many keys as it can at once", body = ErrorBody),
     ))]
 pub(crate) async fn add_key(
     State(s): State<AppState>,
@@ -117,18 +122,31 @@ pub(crate) async fn add_key(
     body: Body,
 ) -> ApiResult<(StatusCode, Json<EvaluationKeyView>)> {
     let limit = s.core.settings().fhe_key_limit_bytes;
-    let mut stream = body.into_data_stream();
-    let mut buf = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::invalid(format!("the upload was interrupted: {e}")))?;
-        if (buf.len() + chunk.len()) as u64 > limit {
-            return Err(ApiError::from(veil_core::CoreError::PayloadTooLarge {
-                limit,
-            }));
+    let _reserved = s.core.reserve_key_upload(&p)?;
+    // The node takes few keys at once, so a sender must not hold a place for ever.
+    let read = async {
+        let mut stream = body.into_data_stream();
+        let mut buf = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk =
+                chunk.map_err(|e| ApiError::invalid(format!("the upload was interrupted: {e}")))?;
+            if (buf.len() + chunk.len()) as u64 > limit {
+                return Err(ApiError::from(veil_core::CoreError::PayloadTooLarge {
+                    limit,
+                }));
+            }
+            buf.extend_from_slice(&chunk);
         }
-        buf.extend_from_slice(&chunk);
-    }
+        Ok(buf)
+    };
+    let buf = tokio::time::timeout(KEY_UPLOAD_DEADLINE, read)
+        .await
+        .map_err(|_| {
+            ApiError::invalid(format!(
+                "the key did not arrive within {} s; send it in one go",
+                KEY_UPLOAD_DEADLINE.as_secs()
+            ))
+        })??;
     let k = s.core.add_evaluation_key(&p, buf.into()).await?;
     Ok((StatusCode::CREATED, Json(key_view(k, s.core.now()))))
 }

@@ -231,9 +231,11 @@ async fn real_responses_validate_against_the_document() {
         200,
         &v(&owner.mock_dataset("people", 3).await.expect("mock")),
     );
+    // Nobody funds themselves: the owner funds an analyst, who asks.
+    let analyst = node.user("bob@lab.org", "data-scientist").await;
     owner
         .set_budget(
-            OWNER,
+            "bob@lab.org",
             &SetBudgetRequest {
                 dataset: None,
                 epsilon: 5.0,
@@ -242,7 +244,7 @@ async fn real_responses_validate_against_the_document() {
         )
         .await
         .expect("budget");
-    let answer = owner
+    let answer = analyst
         .query(
             "people",
             &veil_api_types::QueryRequest {
